@@ -1,0 +1,24 @@
+# medflow: raw public medical-imaging downloads -> trained, evaluated, tracked models.
+# Run: snakemake --cores 8 --resources gpu=1   (see README.md)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/brats.smk"
+include: "rules/grade.smk"
+include: "rules/mrnet.smk"
+include: "rules/rsna.smk"
+include: "rules/oct.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

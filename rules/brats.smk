@@ -1,0 +1,1 @@
+# brats rules: see docs and rules/common.smk for conventions.

@@ -1,0 +1,101 @@
+# Everything that is not a rule: config validation, paths, case discovery, input functions.
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../config/schema.yaml")
+
+# The library lives in src/: make it importable here (case discovery) and in every job's script,
+# including jobs that SLURM starts on another node (they inherit the environment).
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+
+from medflow import tracking  # noqa: E402
+
+RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+# Jobs find the store through the environment, so moving tracking elsewhere reruns nothing.
+os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_uri(config["mlflow"]["tracking_uri"], RESULTS)
+MLFLOW_STORE = f"{RESULTS}/mlflow/store.json"
+
+
+wildcard_constraints:
+    case=r"BraTS20_Training_\d+",
+    modality="flair|t1|t1ce|t2",
+    task="acl|meniscus|abnormal",
+    plane="axial|coronal|sagittal",
+    fold=r"all|\d+",
+
+
+def is_activated(pipeline):
+    """Pipelines are switched on and off in config, never by editing rules."""
+    return bool(config["pipelines"][pipeline])
+
+
+def synthetic():
+    return bool(config["synthetic"]["enabled"])
+
+
+# Where each data set's raw download lies: the synthetic copy under results/raw when the demo is on
+# (it never writes into a user's download), the user's folder otherwise.
+RAW_SUBDIR = {
+    "brats": "MICCAI_BraTS2020_TrainingData",
+    "mrnet": "MRNet-v1.0",
+    "rsna": "rsna-pneumonia-detection-challenge",
+    "oct": "OCT2017",
+}
+
+
+def raw_dir(dataset):
+    if synthetic():
+        return f"{RESULTS}/raw/{dataset}/{RAW_SUBDIR[dataset]}"
+    return config[dataset]["raw_dir"]
+
+
+def brats_cases():
+    """BraTS case ids (BraTS20_Training_NNN), known before any job runs so rules can fan out per case."""
+    if synthetic():
+        from medflow.synthetic.brats import case_ids
+
+        cases = case_ids(config["synthetic"]["brats"])
+    else:
+        from medflow.ingest.brats import discover_cases
+
+        cases = discover_cases(raw_dir("brats"))
+    excluded = set(config["brats"]["exclude_cases"])
+    return [c for c in cases if c not in excluded]
+
+
+# Each rules file registers the outputs that finish its pipeline; `all` and the report collect them.
+FINAL_OUTPUTS = {}
+
+
+def register_final(pipeline, paths):
+    if is_activated(pipeline):
+        FINAL_OUTPUTS[pipeline] = list(paths)
+
+
+def get_final_output():
+    return [p for paths in FINAL_OUTPUTS.values() for p in paths]
+
+
+def gpu_resource():
+    return config["compute"]["gpu"]
+
+
+rule mlflow_store:
+    """Create the tracking store and every experiment once, before any job runs: parallel jobs
+    that open a not-yet-created sqlite store at once corrupt it."""
+    output:
+        MLFLOW_STORE,
+    params:
+        experiments=list(tracking.EXPERIMENTS),
+    log:
+        f"{LOGS}/mlflow_store.log",
+    script:
+        "../workflow/scripts/mlflow_store.py"

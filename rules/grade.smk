@@ -1,0 +1,1 @@
+# grade rules: see docs and rules/common.smk for conventions.

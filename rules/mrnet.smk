@@ -1,0 +1,1 @@
+# mrnet rules: see docs and rules/common.smk for conventions.

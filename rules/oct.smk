@@ -1,0 +1,1 @@
+# oct rules: see docs and rules/common.smk for conventions.

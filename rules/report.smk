@@ -1,0 +1,1 @@
+# report rules: see docs and rules/common.smk for conventions.

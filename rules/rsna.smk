@@ -1,0 +1,1 @@
+# rsna rules: see docs and rules/common.smk for conventions.

@@ -1,0 +1,49 @@
+"""What every workflow script does first: log to the rule's log file and report bad input in one line.
+
+Usage at the top of ``workflow/scripts/<rule>.py``::
+
+    from medflow.jobs import start
+    log = start(snakemake)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+
+from medflow.errors import InputError
+
+
+def start(smk, name: str | None = None) -> logging.Logger:
+    """Send stderr and logging to ``smk.log[0]`` (append, so a resumed job keeps its history).
+
+    An :class:`InputError` ends the job with its one-line message (file and problem) instead of a
+    traceback; any other exception keeps its full traceback for debugging.
+    """
+    log_path = smk.log[0] if len(smk.log) else None
+    if log_path:
+        os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+        stream = open(log_path, "a", buffering=1)
+        sys.stderr = stream
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def excepthook(exc_type, exc, tb):
+        if issubclass(exc_type, InputError):
+            msg = f"ERROR: {exc}"
+        else:
+            msg = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+        if log_path:  # Snakemake shows the job's stderr only through the log: say it on the console too.
+            sys.__stderr__.write(msg.splitlines()[-1] + f"\n(see {log_path})\n")
+
+    sys.excepthook = excepthook
+    return logging.getLogger(name or getattr(smk, "rule", "medflow"))
