@@ -1,11 +1,14 @@
 # medflow: raw public medical-imaging downloads -> trained, evaluated, tracked models.
 # Run: snakemake --cores 8 --resources gpu=1   (see README.md)
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# Relative to the Snakefile, so `--directory` can put results anywhere.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"
