@@ -1,1 +1,28 @@
-# report rules: see docs and rules/common.smk for conventions.
+# The evaluation report over every activated pipeline (results/report/), and the description page
+# of Snakemake's own report (`snakemake --report results/report.zip`).
+
+
+report: "../workflow/report/workflow.rst"
+
+
+REPORT_METRICS = {p: paths[0] for p, paths in FINAL_OUTPUTS.items()}
+
+
+rule report:
+    input:
+        metrics=list(REPORT_METRICS.values()),
+        store=ancient(MLFLOW_STORE),
+    output:
+        html=report(f"{RESULTS}/report/report.html", category="Summary"),
+        md=f"{RESULTS}/report/summary.md",
+    params:
+        pipelines=list(REPORT_METRICS),
+        config=config,
+        mlflow_ui=config["report"]["mlflow_ui"],
+    log:
+        f"{LOGS}/report.log",
+    script:
+        "../workflow/scripts/report.py"
+
+
+FINAL_OUTPUTS["report"] = rules.report.output

@@ -1,0 +1,124 @@
+"""Full-volume inference: sliding windows over a whole stacked case, and writing the prediction back
+into the geometry of the raw NIfTI so it overlays on the original images.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from medflow import io
+from medflow.train.device import autocast
+
+BLENDS = ("gaussian", "constant")
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start offsets of windows of ``window`` voxels covering ``size`` voxels with at least ``overlap``
+    (fraction of the window) between neighbours; the last window ends exactly at ``size``."""
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size <= window:
+        return [0]
+    step = max(1, int(window * (1 - overlap)))
+    n = math.ceil((size - window) / step) + 1
+    # Spread the windows evenly so the last one ends at the border.
+    return sorted({round(i * (size - window) / (n - 1)) for i in range(n)})
+
+
+def importance_map(window: Sequence[int], blend: str = "gaussian") -> np.ndarray:
+    """Per-voxel weight of a window's prediction (shape ``window``): a Gaussian with sigma 1/8 of the
+    window (as nnU-Net) trusts window centres over borders, where context is missing."""
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+    if blend == "constant":
+        return np.ones(tuple(window), dtype=np.float32)
+    axes = []
+    for n in window:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        sigma = max(n / 8, 1e-3)
+        axes.append(np.exp(-0.5 * (x / sigma) ** 2))
+    w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    w = w / w.max()
+    return np.maximum(w, 1e-3).astype(np.float32)  # never exactly 0: every voxel gets some weight
+
+
+@torch.no_grad()
+def sliding_window(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    window: Sequence[int],
+    *,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    blend: str = "gaussian",
+    device: torch.device | None = None,
+    bf16: bool = True,
+) -> np.ndarray:
+    """Probabilities (L, Z, Y, X) float32 of ``model`` over a whole volume ``image`` (C, Z, Y, X).
+
+    Windows of size ``window`` (pz, py, px) overlap by ``overlap``; their outputs are averaged with
+    :func:`importance_map` weights. A volume smaller than the window along an axis is zero-padded
+    (zero is the mean of a standardised slice) and cropped back afterwards.
+    """
+    device = device or next(model.parameters()).device
+    window = tuple(int(w) for w in window)
+    c, *shape = image.shape
+    pad = [max(0, w - s) for w, s in zip(window, shape)]
+    if any(pad):
+        image = np.pad(image, [(0, 0)] + [(0, p) for p in pad])
+    padded = image.shape[1:]
+    starts = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(padded, window))))
+    weight = importance_map(window, blend)
+    weight_t = torch.from_numpy(weight).to(device)
+    acc = None
+    norm = np.zeros(padded, dtype=np.float32)
+    model.eval()
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i : i + batch_size]
+        boxes = [tuple(slice(s, s + w) for s, w in zip(start, window)) for start in chunk]
+        batch = torch.from_numpy(np.stack([image[(slice(None), *b)] for b in boxes]).astype(np.float32))
+        if device.type == "cuda":
+            batch = batch.pin_memory()
+        with autocast(device, bf16):
+            probs = model(batch.to(device, non_blocking=True))
+        probs = (probs.float() * weight_t).cpu().numpy()
+        if acc is None:
+            acc = np.zeros((probs.shape[1], *padded), dtype=np.float32)
+        for p, b in zip(probs, boxes):
+            acc[(slice(None), *b)] += p
+            norm[b] += weight
+    acc /= norm
+    return np.ascontiguousarray(acc[(slice(None), *(slice(0, s) for s in shape))])
+
+
+def uncrop(label_zyx: np.ndarray, kept_z_range: Sequence[int], original_shape_zyx: Sequence[int]) -> np.ndarray:
+    """Put a (Z, Y, X) map of the kept slices back into the original (Z0, Y, X) volume (zeros elsewhere)."""
+    start, stop = (int(v) for v in kept_z_range)
+    full = np.zeros(tuple(int(s) for s in original_shape_zyx), dtype=label_zyx.dtype)
+    if stop - start != label_zyx.shape[0] or full.shape[1:] != label_zyx.shape[1:]:
+        raise ValueError(f"a {label_zyx.shape} map does not fit slices [{start}, {stop}) of {full.shape}")
+    full[start:stop] = label_zyx
+    return full
+
+
+def write_nifti(label_zyx: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a (Z, Y, X) label map as a uint8 NIfTI in the source image's voxel grid.
+
+    The stacking stage reads NIfTI data (i, j, k) = (X, Y, Z) and transposes it to (Z, Y, X)
+    (docs/brats_preprocessing.md); this is the inverse, with the source ``affine`` as qform and sform.
+    """
+    import nibabel as nib
+
+    data = np.ascontiguousarray(np.asarray(label_zyx, dtype=np.uint8).transpose(2, 1, 0))
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_data_dtype(np.uint8)
+    with io.atomic_path(path) as tmp:
+        nib.save(img, str(tmp))

@@ -1,0 +1,172 @@
+"""Synthetic retinal OCT B-scans in the Kermany OCT2017 layout.
+
+``OCT2017/{train,val,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg``: greyscale JPEGs of
+varying size, several images per patient (a patient belongs to one split, as the data set intends).
+Each image is a layered retina (bright nerve-fibre layer, dark nuclear layers, bright RPE line, choroid
+below) with speckle, tilt and curvature, plus the finding of its class:
+
+- CNV: a large dome under the retina (neovascular membrane) with dark subretinal fluid above it;
+- DME: a thickened retina with dark intraretinal fluid cysts;
+- DRUSEN: several small bumps of the RPE;
+- NORMAL: smooth layers with a foveal pit.
+
+Everything is deterministic from the seed; images of one patient share their geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
+SPLITS = ("train", "val", "test")
+
+DEFAULTS = {
+    "patients": {"train": 24, "val": 3, "test": 8},  # per class
+    "images_per_patient": [1, 4],
+    "width": [96, 160],  # pixels, drawn per patient
+    "height": [72, 120],
+    "jpeg_quality": 90,
+}
+
+
+def settings(cfg: Mapping | None) -> dict:
+    """``synthetic.oct`` config merged over the defaults."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
+    for k, v in (cfg or {}).items():
+        if k == "patients":
+            out[k].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _patient_geometry(rng: np.random.Generator, cls: str, width: tuple[int, int], height: tuple[int, int]) -> dict:
+    """What all images of one patient share: size, retina position/thickness and the lesion layout."""
+    w = int(rng.integers(width[0], width[1] + 1))
+    h = int(rng.integers(height[0], height[1] + 1))
+    geo = {
+        "w": w,
+        "h": h,
+        "top": rng.uniform(0.25, 0.38),  # inner retinal surface, fraction of height
+        "thick": rng.uniform(0.22, 0.28) * (1.45 if cls == "DME" else 1.0),
+        "tilt": rng.uniform(-0.08, 0.08),
+        "curve": rng.uniform(-0.06, 0.1),
+        "fovea": rng.uniform(0.35, 0.65),
+        "pit": rng.uniform(0.03, 0.07) * (0.4 if cls == "DME" else 1.0),
+        "gain": rng.uniform(0.8, 1.15),
+    }
+    if cls == "CNV":
+        geo["lesions"] = [(rng.uniform(0.3, 0.7), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2))]  # x, half-width, height
+    elif cls == "DRUSEN":
+        n = int(rng.integers(4, 8))
+        xs = np.sort(rng.uniform(0.1, 0.9, n))
+        geo["lesions"] = [(x, rng.uniform(0.025, 0.045), rng.uniform(0.04, 0.07)) for x in xs]
+    elif cls == "DME":
+        n = int(rng.integers(3, 7))
+        geo["lesions"] = [
+            (rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.75), rng.uniform(0.04, 0.08), rng.uniform(0.5, 0.9)) for _ in range(n)
+        ]  # x, depth in retina, radius (fraction of width), aspect
+    else:
+        geo["lesions"] = []
+    return geo
+
+
+def _layer_profile(d: np.ndarray) -> np.ndarray:
+    """Reflectivity (0..1) at relative depth ``d`` in the retina (0 inner surface, 1 RPE)."""
+    knots = np.array([0.0, 0.06, 0.15, 0.3, 0.42, 0.5, 0.62, 0.8, 0.88, 0.93, 1.0])
+    value = np.array([0.85, 0.7, 0.5, 0.55, 0.22, 0.45, 0.18, 0.2, 0.75, 0.4, 0.95])
+    return np.interp(d, knots, value)
+
+
+def render(geo: Mapping, cls: str, rng: np.random.Generator) -> np.ndarray:
+    """One B-scan, uint8 (H, W). ``rng`` draws the per-image jitter and the speckle."""
+    w, h = geo["w"], geo["h"]
+    x = np.linspace(0.0, 1.0, w)
+    shift = rng.uniform(-0.03, 0.03)
+    tilt = geo["tilt"] + rng.uniform(-0.02, 0.02)
+    top = geo["top"] + shift + tilt * (x - 0.5) + geo["curve"] * (x - 0.5) ** 2
+    rpe = top + geo["thick"]
+    top = top + geo["pit"] * np.exp(-(((x - geo["fovea"]) / 0.07) ** 2)) * (0.0 if cls == "CNV" else 1.0)
+    lift = np.zeros(w)
+    for les in geo["lesions"] if cls in ("CNV", "DRUSEN") else []:
+        cx, hw, ht = les[0] + rng.uniform(-0.02, 0.02), les[1], les[2]
+        lift = np.maximum(lift, ht * np.clip(1 - ((x - cx) / hw) ** 2, 0, None) ** (0.5 if cls == "CNV" else 0.8))
+    base_rpe = rpe.copy()
+    rpe = rpe - lift
+    if cls == "CNV":
+        top = top - 0.8 * lift  # the membrane pushes the whole retina up
+    y = np.linspace(0.0, 1.0, h)[:, None]
+    d = (y - top[None, :]) / (rpe - top)[None, :]
+    img = np.where((d >= 0) & (d <= 1), _layer_profile(np.clip(d, 0, 1)), 0.0)
+    img += np.where(d < 0, 0.04, 0.0)  # vitreous
+    below = y - rpe[None, :]
+    below_bruch = y - base_rpe[None, :]  # the choroid stays under Bruch's membrane, not the lifted RPE
+    img += 0.45 * np.exp(-np.clip(below_bruch, 0, None) / 0.12) * (below_bruch > 0)
+    rpe_line = np.exp(-((below * h / 1.6) ** 2))
+    img = np.maximum(img, 0.95 * rpe_line)
+    if cls == "CNV":
+        # Heterogeneous bright membrane between the lifted RPE and Bruch's membrane, dark fluid above it.
+        under = (y > rpe[None, :]) & (y < base_rpe[None, :])
+        img = np.where(under, 0.6 + 0.25 * rng.random((h, w)), img)
+        fluid = (d > 0.78) & (d < 0.97) & (lift[None, :] > 0.03)
+        img = np.where(fluid, 0.05, img)
+    elif cls == "DRUSEN":
+        under = (y > rpe[None, :]) & (y < base_rpe[None, :])
+        img = np.where(under, 0.5, img)
+    elif cls == "DME":
+        yy = y * h
+        xx = x[None, :] * w
+        for cx, depth, r, aspect in geo["lesions"]:
+            cxp = (cx + rng.uniform(-0.02, 0.02)) * w
+            col = int(np.clip(cxp, 0, w - 1))
+            cy = (top[col] + depth * (rpe[col] - top[col])) * h
+            rad = r * w * rng.uniform(0.85, 1.15)
+            cyst = ((xx - cxp) / rad) ** 2 + ((yy - cy) / (rad * aspect)) ** 2 < 1
+            img = np.where(cyst, 0.03, img)
+    # Multiplicative speckle (gamma, mean 1) and a little additive noise, as in OCT.
+    speckle = rng.gamma(4.0, 0.25, size=(h, w))
+    img = img * speckle * geo["gain"] * rng.uniform(0.9, 1.1) + rng.normal(0, 0.03, size=(h, w))
+    return np.clip(img * 230, 0, 255).astype(np.uint8)
+
+
+def _patient_ids(rng: np.random.Generator, n: int) -> list[int]:
+    """Unique 7-digit ids, like the data set's (e.g. CNV-1016042-1.jpeg)."""
+    return sorted(int(v) for v in rng.choice(np.arange(1_000_000, 9_999_999), size=n, replace=False))
+
+
+def generate(root: str | os.PathLike, cfg: Mapping | None, seed: int) -> dict[str, int]:
+    """Write the synthetic OCT2017 tree at ``root`` (replaced if present); return image counts per split.
+
+    The tree is built beside ``root`` and renamed into place, so a killed job leaves no partial tree.
+    """
+    s = settings(cfg)
+    root = Path(root)
+    tmp = root.with_name(f".{root.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = np.random.default_rng([seed, 0x0C7])
+    n_patients = sum(int(s["patients"][sp]) for sp in SPLITS) * len(CLASSES)
+    ids = iter(rng.permutation(_patient_ids(rng, n_patients)).tolist())
+    counts = {sp: 0 for sp in SPLITS}
+    lo, hi = (int(v) for v in s["images_per_patient"])
+    for split in SPLITS:
+        for cls in CLASSES:
+            folder = tmp / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(int(s["patients"][split])):
+                pid = next(ids)
+                prng = np.random.default_rng([seed, pid])
+                geo = _patient_geometry(prng, cls, s["width"], s["height"])
+                for n in range(1, int(prng.integers(lo, hi + 1)) + 1):
+                    img = render(geo, cls, prng)
+                    Image.fromarray(img, mode="L").save(folder / f"{cls}-{pid}-{n}.jpeg", quality=int(s["jpeg_quality"]))
+                    counts[split] += 1
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, root)
+    return counts
