@@ -25,7 +25,6 @@ from pathlib import Path
 PACKAGES = ("munge", "slurmctld", "slurmd", "slurm-client")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel")
 NODE = "localhost"
-PARTITION = "debug"
 
 
 class Unavailable(Exception):
@@ -92,11 +91,16 @@ class Cluster:
     and jobs still queued are cancelled first so no slurmstepd outlives the cluster.
     """
 
-    def __init__(self, root=None, cpus=2, gpus=1, min_job_age_s=600):
+    def __init__(self, root=None, cpus=2, gpus=1, partitions=("cpu", "gpu"), min_job_age_s=600):
         self.root = Path(root or tempfile.mkdtemp(prefix="medflow-slurm-"))
         self.cpus, self.gpus, self.min_job_age_s = cpus, gpus, min_job_age_s
-        # Memory is not a consumable here (CR_Core), but sbatch refuses a --mem above RealMemory.
-        self.real_memory_mb = max(1024, int(_mem_total_mb() * 0.9))
+        # Every partition holds the one node; the first is the default. Named like
+        # profiles/slurm/partitions.yaml so the profile is tested as shipped.
+        self.partitions = tuple(partitions)
+        # Memory is no consumable here (CR_Core, no cgroups), but sbatch refuses a --mem above
+        # RealMemory: declare at least 64 GB so the profile's requests fit on a small machine
+        # (config_overrides lets the declaration exceed the hardware).
+        self.real_memory_mb = max(65536, int(_mem_total_mb() * 0.9))
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
@@ -148,9 +152,12 @@ GresTypes=gpu
 SlurmctldTimeout=30
 SlurmdTimeout=60
 NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory_mb} Gres=gpu:{self.gpus} State=UNKNOWN
-PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """
         )
+        with open(self.conf, "a") as f:
+            for i, name in enumerate(self.partitions):
+                default = "YES" if i == 0 else "NO"
+                f.write(f"PartitionName={name} Nodes={NODE} Default={default} MaxTime=INFINITE State=UP\n")
         files = ",".join(["/dev/null"] * self.gpus)
         (self.root / "etc" / "gres.conf").write_text(
             f"NodeName={NODE} Name=gpu File={files} Count={self.gpus}\n"
@@ -187,7 +194,9 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
     def node_state(self):
         done = subprocess.run(["sinfo", "-h", "-N", "-n", NODE, "-o", "%T"], env=self.env,
                               capture_output=True, text=True, timeout=30)
-        return done.stdout.strip() if done.returncode == 0 else ""
+        # One line per partition the node is in; they agree.
+        states = set(done.stdout.split()) if done.returncode == 0 else set()
+        return states.pop() if len(states) == 1 else ",".join(sorted(states))
 
     def start(self, timeout_s=60):
         self._write_config()
@@ -206,8 +215,8 @@ PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 
     def stop(self):
         """Cancel remaining jobs, then stop slurmd, slurmctld and munged (in that order)."""
-        if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--partition", PARTITION], env=self.env,
+        if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None and self.active_jobs():
+            subprocess.run(["scancel", "--full", *self.active_jobs()], env=self.env,
                            capture_output=True, timeout=30)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and self.active_jobs():
