@@ -91,6 +91,7 @@ def gpu_resource():
 rule mlflow_store:
     """Create the tracking store and every experiment once, before any job runs: parallel jobs
     that open a not-yet-created sqlite store at once corrupt it."""
+    localrule: True
     output:
         MLFLOW_STORE,
     params:

@@ -3,14 +3,16 @@
 Debian's munge, slurmctld and slurmd run as plain child processes (no systemd) with every file in
 one private directory: their own munge key and socket, slurm.conf/gres.conf, free TCP ports, state
 and spool folders. Clients reach it through SLURM_CONF (`Cluster.env`), so nothing under /etc is
-touched and two clusters on one machine do not meet. The node offers `cpus` CPUs and one GPU gres
-backed by /dev/null: SLURM schedules and allocates it like a real GPU; nothing can run on it.
+touched and two clusters on one machine do not meet. The node offers `cpus` CPUs and `gpus` GPU
+gres backed by /dev/null: SLURM schedules and allocates them like real GPUs (a job gets
+CUDA_VISIBLE_DEVICES), though no device is there for torch to find.
 
 Run directly for a manual session:  python tests/workflow/slurm_cluster.py   (Ctrl-C stops it)
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shutil
@@ -35,7 +37,7 @@ def missing_binaries():
     return [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
 
 
-def ensure_installed(timeout_s=600):
+def ensure_installed(timeout_s=300):
     """Install Debian's SLURM and munge when they are missing; raise Unavailable when that is impossible.
 
     Serialized with a file lock: several test sessions on one machine must not run apt at once.
@@ -80,12 +82,20 @@ def _mem_total_mb():
     return 4096
 
 
+def _die_with_parent():
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _sbin(name):
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
 
 class Cluster:
-    """One controller, one node, one partition; `start()` returns once the node is idle.
+    """One controller and one node, in every partition of `partitions` (the first is the default);
+    `start()` returns once the node is idle.
 
     Use as a context manager (or call `stop()` in a finalizer): every daemon it started is stopped,
     and jobs still queued are cancelled first so no slurmstepd outlives the cluster.
@@ -103,13 +113,25 @@ class Cluster:
         self.real_memory_mb = max(65536, int(_mem_total_mb() * 0.9))
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
-        self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        self._socket_dir = None
+        if len(str(self.munge_socket)) > 100:  # a unix socket path holds at most 107 bytes
+            self._socket_dir = tempfile.mkdtemp(prefix="medflow-munge-", dir="/tmp")
+            self.munge_socket = Path(self._socket_dir) / "munge.socket"
+        self.bin = self.root / "bin"
+        self.env = dict(os.environ, SLURM_CONF=str(self.conf),
+                        PATH=os.pathsep.join([str(self.bin), os.environ.get("PATH", "")]))
         self._procs = {}
 
     # -- configuration ---------------------------------------------------------------------------
     def _write_config(self):
-        for sub in ("etc", "munge", "state", "spool", "log", "run"):
+        for sub in ("bin", "etc", "munge", "state", "spool", "log", "run"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Inside a job, snakemake-executor-plugin-slurm-jobstep 0.6.1 runs `srun` with every SLURM_*
+        # variable removed, SLURM_CONF included, so srun would look for /etc/slurm/slurm.conf. Jobs
+        # inherit PATH (sbatch --export=ALL): this srun puts SLURM_CONF back.
+        srun = self.bin / "srun"
+        srun.write_text(f'#!/bin/sh\nSLURM_CONF="{self.conf}" exec {shutil.which("srun") or "/usr/bin/srun"} "$@"\n')
+        srun.chmod(0o755)
         (self.root / "munge").chmod(0o700)
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
@@ -166,9 +188,11 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
     # -- daemons ---------------------------------------------------------------------------------
     def _spawn(self, name, cmd):
         out = open(self.root / "log" / f"{name}.out", "w")
-        # Own session: a Ctrl-C in the terminal running the tests does not reach the daemons first.
+        # Own session: a Ctrl-C in the terminal running the tests does not reach the daemons before
+        # stop() does. If this process dies without stop() (SIGKILL), the kernel sends them SIGTERM.
         self._procs[name] = subprocess.Popen(
-            cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         out.close()
 
@@ -215,12 +239,15 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
 
     def stop(self):
         """Cancel remaining jobs, then stop slurmd, slurmctld and munged (in that order)."""
-        if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None and self.active_jobs():
-            subprocess.run(["scancel", "--full", *self.active_jobs()], env=self.env,
-                           capture_output=True, timeout=30)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.active_jobs():
-                time.sleep(0.5)
+        try:
+            if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None and self.active_jobs():
+                subprocess.run(["scancel", "--full", *self.active_jobs()], env=self.env,
+                               capture_output=True, timeout=30)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and self.active_jobs():
+                    time.sleep(0.5)
+        except (OSError, subprocess.SubprocessError):
+            pass  # the daemons are stopped below whatever happened to the jobs
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
@@ -231,6 +258,8 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def active_jobs(self):
         done = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%i"], env=self.env,
@@ -255,7 +284,8 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
 if __name__ == "__main__":
     ensure_installed()
     with Cluster(root=sys.argv[1] if len(sys.argv) > 1 else None) as cluster:
-        print(f"cluster up; in another shell:  export SLURM_CONF={cluster.conf}", flush=True)
+        print(f"cluster up; in another shell:\n  export SLURM_CONF={cluster.conf} PATH={cluster.bin}:$PATH",
+              flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:
