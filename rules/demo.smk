@@ -2,13 +2,99 @@
 # `synthetic.enabled` is true (the default). One rule per data set; deterministic from `seed`.
 
 # >>> synthetic_brats
+if synthetic():
+    from medflow.synthetic.brats import case_ids as synthetic_brats_case_ids
+
+    rule synthetic_brats:
+        """BraTS 2020 training download: BraTS20_Training_NNN/*_{flair,t1,t1ce,t2,seg}.nii, name_mapping.csv."""
+        output:
+            mapping=f"{raw_dir('brats')}/name_mapping.csv",
+            volumes=[
+                f"{raw_dir('brats')}/{case}/{case}_{kind}.nii"
+                for case in synthetic_brats_case_ids(config["synthetic"]["brats"])
+                for kind in ("flair", "t1", "t1ce", "t2", "seg")
+            ],
+        params:
+            cfg=config["synthetic"]["brats"],
+            seed=config["seed"],
+        log:
+            f"{LOGS}/synthetic_brats.log",
+        benchmark:
+            f"{BENCH}/synthetic_brats.tsv"
+        conda:
+            "../envs/medflow.yaml"
+        script:
+            "../workflow/scripts/synthetic_brats.py"
+
+
 # <<< synthetic_brats
 
 # >>> synthetic_mrnet
+if synthetic():
+
+    rule synthetic_mrnet:
+        """MRNet-v1.0 download: {train,valid}/{axial,coronal,sagittal}/NNNN.npy, {train,valid}-{task}.csv."""
+        output:
+            labels=[
+                f"{raw_dir('mrnet')}/{split}-{task}.csv"
+                for split in ("train", "valid")
+                for task in ("abnormal", "acl", "meniscus")
+            ],
+        params:
+            cfg=config["synthetic"]["mrnet"],
+            seed=config["seed"],
+        log:
+            f"{LOGS}/synthetic_mrnet.log",
+        benchmark:
+            f"{BENCH}/synthetic_mrnet.tsv"
+        conda:
+            "../envs/medflow.yaml"
+        script:
+            "../workflow/scripts/synthetic_mrnet.py"
+
+
 # <<< synthetic_mrnet
 
 # >>> synthetic_rsna
+if synthetic():
+
+    rule synthetic_rsna:
+        """RSNA pneumonia download: DICOMs, stage_2_train_labels.csv, stage_2_detailed_class_info.csv."""
+        output:
+            labels=f"{raw_dir('rsna')}/stage_2_train_labels.csv",
+            classes=f"{raw_dir('rsna')}/stage_2_detailed_class_info.csv",
+            images=directory(f"{raw_dir('rsna')}/stage_2_train_images"),
+        params:
+            cfg=config["synthetic"]["rsna"],
+            seed=config["seed"],
+        log:
+            f"{LOGS}/synthetic_rsna.log",
+        benchmark:
+            f"{BENCH}/synthetic_rsna.tsv"
+        conda:
+            "../envs/medflow.yaml"
+        script:
+            "../workflow/scripts/synthetic_rsna.py"
+
+
 # <<< synthetic_rsna
 
 # >>> synthetic_oct
+if synthetic():
+
+    rule synthetic_oct:
+        """Kermany OCT2017 download: {train,val,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg."""
+        output:
+            root=directory(raw_dir("oct")),
+        params:
+            cfg=config["synthetic"]["oct"],
+            seed=config["seed"],
+        log:
+            f"{LOGS}/synthetic_oct.log",
+        benchmark:
+            f"{BENCH}/synthetic_oct.tsv"
+        script:
+            "../workflow/scripts/synthetic_oct.py"
+
+
 # <<< synthetic_oct

@@ -1,1 +1,161 @@
-# rsna rules: see docs and rules/common.smk for conventions.
+# RSNA pneumonia (DICOM): ingest (manifest + patient split) -> metadata table and EDA plots ->
+# preprocessing into one HDF5 -> the two-input CNN and its image-only comparison -> evaluation.
+# Library: medflow.ingest.rsna, medflow.rsna.{metadata,eda,preprocess,train,evaluate}.
+from medflow.rsna.eda import PLOTS as RSNA_EDA_PLOTS
+
+RSNA = f"{RESULTS}/rsna"
+RSNA_RAW = raw_dir("rsna")
+RSNA_VARIANTS = ["with_metadata", "image_only"]
+
+if is_activated("rsna") and not synthetic() and not config["rsna"]["raw_dir"]:
+    raise ValueError(
+        "config rsna.raw_dir is empty: set it to your rsna-pneumonia-detection-challenge folder "
+        "(see config/rsna.yaml), or switch the pipeline off with pipelines.rsna: false"
+    )
+
+
+rule rsna_ingest:
+    """Validate the download, write the manifest (one row per patient) and the patient split."""
+    input:
+        labels=f"{RSNA_RAW}/stage_2_train_labels.csv",
+        classes=f"{RSNA_RAW}/stage_2_detailed_class_info.csv",
+        images=f"{RSNA_RAW}/stage_2_train_images",
+    output:
+        manifest=f"{RSNA}/ingest/manifest.csv",
+        split=f"{RSNA}/ingest/split.csv",
+    params:
+        fractions=config["rsna"]["ingest"]["split"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/rsna_ingest.log",
+    benchmark:
+        f"{BENCH}/rsna_ingest.tsv"
+    conda:
+        "../envs/medflow.yaml"
+    script:
+        "../workflow/scripts/rsna_ingest.py"
+
+
+rule rsna_metadata:
+    """Metadata table from every DICOM header, merged with both CSVs; decisions for bad headers."""
+    input:
+        manifest=rules.rsna_ingest.output.manifest,
+    output:
+        table=f"{RSNA}/metadata/metadata.csv",
+        decisions=f"{RSNA}/metadata/decisions.json",
+    params:
+        max_age_years=config["rsna"]["metadata"]["max_age_years"],
+        max_excluded_fraction=config["rsna"]["metadata"]["max_excluded_fraction"],
+    threads: config["rsna"]["threads"]
+    log:
+        f"{LOGS}/rsna_metadata.log",
+    benchmark:
+        f"{BENCH}/rsna_metadata.tsv"
+    conda:
+        "../envs/medflow.yaml"
+    script:
+        "../workflow/scripts/rsna_metadata.py"
+
+
+rule rsna_eda:
+    """Exploratory plots of the metadata table."""
+    input:
+        table=rules.rsna_metadata.output.table,
+        manifest=rules.rsna_ingest.output.manifest,
+    output:
+        [report(f"{RSNA}/eda/{name}.png", category="rsna", subcategory="EDA") for name in RSNA_EDA_PLOTS],
+    log:
+        f"{LOGS}/rsna_eda.log",
+    conda:
+        "../envs/medflow.yaml"
+    script:
+        "../workflow/scripts/rsna_eda.py"
+
+
+rule rsna_preprocess:
+    """Window, CLAHE, isotropic resampling, resize: every usable image into one HDF5 with its
+    metadata features."""
+    input:
+        table=rules.rsna_metadata.output.table,
+        manifest=rules.rsna_ingest.output.manifest,
+    output:
+        h5=f"{RSNA}/preprocess/images.h5",
+        summary=f"{RSNA}/preprocess/summary.json",
+    params:
+        preprocess=config["rsna"]["preprocess"],
+    threads: config["rsna"]["threads"]
+    log:
+        f"{LOGS}/rsna_preprocess.log",
+    benchmark:
+        f"{BENCH}/rsna_preprocess.tsv"
+    conda:
+        "../envs/medflow.yaml"
+    script:
+        "../workflow/scripts/rsna_preprocess.py"
+
+
+rule rsna_train:
+    """Train one variant: with_metadata (image + metadata) or image_only (the comparison row)."""
+    input:
+        h5=rules.rsna_preprocess.output.h5,
+        split=rules.rsna_ingest.output.split,
+        store=ancient(MLFLOW_STORE),
+    output:
+        checkpoint=f"{RSNA}/train/{{variant}}.pt",
+        curves=report(f"{RSNA}/train/{{variant}}_curves.png", category="rsna", subcategory="training"),
+    wildcard_constraints:
+        variant="|".join(RSNA_VARIANTS),
+    params:
+        train=config["rsna"]["train"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    log:
+        f"{LOGS}/rsna_train/{{variant}}.log",
+    benchmark:
+        f"{BENCH}/rsna_train/{{variant}}.tsv"
+    conda:
+        "../envs/medflow.yaml"
+    script:
+        "../workflow/scripts/rsna_train.py"
+
+
+rule rsna_evaluate:
+    """AUC on the held-out (test) patients for both variants, ROC plot, MLflow evaluation runs."""
+    input:
+        h5=rules.rsna_preprocess.output.h5,
+        split=rules.rsna_ingest.output.split,
+        checkpoints=expand(f"{RSNA}/train/{{variant}}.pt", variant=RSNA_VARIANTS),
+        store=ancient(MLFLOW_STORE),
+    output:
+        metrics=f"{RSNA}/metrics.json",
+        roc=report(f"{RSNA}/roc.png", category="rsna"),
+        predictions=f"{RSNA}/predictions.csv",
+    params:
+        variants=RSNA_VARIANTS,
+        threshold=config["rsna"]["evaluate"]["threshold"],
+        batch_size=config["rsna"]["evaluate"]["batch_size"],
+        bf16=config["compute"]["bf16"],
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    log:
+        f"{LOGS}/rsna_evaluate.log",
+    benchmark:
+        f"{BENCH}/rsna_evaluate.tsv"
+    conda:
+        "../envs/medflow.yaml"
+    script:
+        "../workflow/scripts/rsna_evaluate.py"
+
+
+register_final(
+    "rsna",
+    [
+        rules.rsna_evaluate.output.metrics,
+        rules.rsna_evaluate.output.roc,
+        *rules.rsna_eda.output,
+    ],
+)

@@ -16,3 +16,7 @@ class InputError(Exception):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # Picklable with its two arguments, so it crosses process pools and DataLoader workers intact.
+        return (type(self), (self.path, self.problem))

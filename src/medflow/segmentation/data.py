@@ -152,5 +152,6 @@ def read_stack(path: str | os.PathLike, with_label: bool = True) -> Stack:
     return Stack(case_id, image, label, spacing, affine, original, kept)
 
 
-def case_path(folder: str | os.PathLike, case: str) -> Path:
-    return Path(folder) / f"{case}.h5"
+def by_case(paths: Sequence[str | os.PathLike]) -> dict[str, str]:
+    """{case id: path} of per-case files named ``<case>.h5`` (patches, stacks)."""
+    return {Path(p).stem: str(p) for p in paths}

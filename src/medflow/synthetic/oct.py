@@ -66,7 +66,7 @@ def _patient_geometry(rng: np.random.Generator, cls: str, width: tuple[int, int]
     elif cls == "DRUSEN":
         n = int(rng.integers(4, 8))
         xs = np.sort(rng.uniform(0.1, 0.9, n))
-        geo["lesions"] = [(x, rng.uniform(0.025, 0.045), rng.uniform(0.04, 0.07)) for x in xs]
+        geo["lesions"] = [(x, rng.uniform(0.03, 0.05), rng.uniform(0.05, 0.08)) for x in xs]
     elif cls == "DME":
         n = int(rng.integers(3, 7))
         geo["lesions"] = [
@@ -118,7 +118,7 @@ def render(geo: Mapping, cls: str, rng: np.random.Generator) -> np.ndarray:
         img = np.where(fluid, 0.05, img)
     elif cls == "DRUSEN":
         under = (y > rpe[None, :]) & (y < base_rpe[None, :])
-        img = np.where(under, 0.5, img)
+        img = np.where(under, 0.7, img)  # drusen material: moderately reflective
     elif cls == "DME":
         yy = y * h
         xx = x[None, :] * w

@@ -17,7 +17,9 @@ def select_device(threads: int = 1, prefer: str = "auto") -> torch.device:
     ``threads`` is the rule's ``threads``: torch's intra-op pool on the CPU, loader workers anywhere.
     """
     if prefer == "cpu" or not torch.cuda.is_available():
-        torch.set_num_threads(max(1, threads))
+        # Loader workers take their share of the rule's threads; torch computes on the rest, so a
+        # job never runs more busy threads than it claimed from Snakemake.
+        torch.set_num_threads(max(1, threads - _workers(torch.device("cpu"), threads)))
         device = torch.device("cpu")
         log.info("device: cpu (%d threads)", torch.get_num_threads())
     else:
@@ -46,14 +48,22 @@ def autocast(device: torch.device, bf16: bool = True):
 
 
 def loader_kwargs(device: torch.device, threads: int) -> dict:
-    """DataLoader settings: workers from the rule's threads (one is kept for the main process), pinned
-    memory on CUDA so host-to-device copies can be non-blocking."""
-    workers = max(0, threads - 1)
+    """DataLoader settings: workers from the rule's threads, pinned memory on CUDA so host-to-device
+    copies can be non-blocking."""
+    workers = _workers(device, threads)
     return {
         "num_workers": workers,
         "pin_memory": device.type == "cuda",
         "persistent_workers": workers > 0,
     }
+
+
+def _workers(device: torch.device, threads: int) -> int:
+    """On CUDA the main process only feeds the GPU: all but one thread load data. On the CPU the
+    model is the bottleneck: a quarter of the threads load data (none below 4 threads)."""
+    if device.type == "cuda":
+        return max(0, threads - 1)
+    return threads // 4
 
 
 def to_device(batch, device: torch.device):

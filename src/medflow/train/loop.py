@@ -121,7 +121,8 @@ def fit(
 
     def epoch_line(row: dict[str, float], seconds: float) -> str:
         vals = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
-        return f"epoch {int(row['epoch'])}/{cfg.epochs} {vals} | best {state['best_score']:.4f} @ {state['best_epoch']} | {seconds:.1f} s"
+        best = float("nan") if state["best_score"] is None else state["best_score"]  # None until a finite score
+        return f"epoch {int(row['epoch'])}/{cfg.epochs} {vals} | best {best:.4f} @ {state['best_epoch']} | {seconds:.1f} s"
 
     run_cm = _tracking_run(tracking, device, state["run_id"])
     with run_cm as run:

@@ -1,0 +1,243 @@
+"""BraTS 2020 raw layout: case discovery, per-case validation, the split and the manifest.
+
+The same code reads the synthetic copy and a real download (``MICCAI_BraTS2020_TrainingData``):
+``BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii[.gz]`` plus ``name_mapping.csv``.
+NIfTI arrays are indexed (i, j, k) = (X, Y, Z) on disk; the stages after ingest work in (Z, Y, X).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from medflow.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+KINDS = (*MODALITIES, "seg")
+BRATS_LABELS = (0, 1, 2, 4)
+CASE_RE = re.compile(r"BraTS20_Training_\d+")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NAME_MAPPING = "name_mapping.csv"
+MAPPING_ID_COL = "BraTS_2020_subject_ID"
+GRADES = ("HGG", "LGG")
+AFFINE_ATOL = 1e-3  # mm; real BraTS affines are identical across modalities of a case
+
+
+def discover_cases(raw_dir: str | os.PathLike) -> list[str]:
+    """Sorted case ids: the ``BraTS20_Training_NNN`` folders directly under ``raw_dir``."""
+    if not str(raw_dir):
+        raise InputError("brats.raw_dir", "is empty: set it to your MICCAI_BraTS2020_TrainingData folder")
+    root = Path(raw_dir)
+    if not root.is_dir():
+        raise InputError(root, "BraTS raw folder not found (brats.raw_dir)")
+    cases = sorted(p.name for p in root.iterdir() if p.is_dir() and CASE_RE.fullmatch(p.name))
+    if not cases:
+        raise InputError(root, "no BraTS20_Training_NNN case folders found")
+    return cases
+
+
+def expected_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
+    """{kind: path} with the public names (``.nii``): what the synthetic copy writes."""
+    return {k: str(Path(raw_dir) / case / f"{case}_{k}.nii") for k in KINDS}
+
+
+def _nifti_files(case_dir: Path) -> list[Path]:
+    try:
+        return sorted(p for p in case_dir.iterdir() if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+    except FileNotFoundError:
+        raise InputError(case_dir, "case folder not found") from None
+
+
+def case_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
+    """{kind: path} of the files found for one case; a kind that is not found is left out.
+
+    Modalities are ``<case>_<kind>.nii`` or ``.nii.gz``. The segmentation is ``<case>_seg.nii[.gz]``
+    or else the one other NIfTI file whose name contains "seg" (case 355 of the real download ships
+    it as ``W39_1998.09.19_Segm.nii``).
+    """
+    case_dir = Path(raw_dir) / case
+    files = _nifti_files(case_dir)
+    found: dict[str, str] = {}
+    for kind in KINDS:
+        for suffix in NIFTI_SUFFIXES:
+            p = case_dir / f"{case}_{kind}{suffix}"
+            if p in files:
+                found[kind] = str(p)
+                break
+    if "seg" not in found:
+        modality_files = set(found.values())
+        others = [p for p in files if str(p) not in modality_files and "seg" in p.name.lower()]
+        if len(others) == 1:
+            found["seg"] = str(others[0])
+    return found
+
+
+def raw_files(raw_dir: str | os.PathLike, case: str, synthetic: bool = False) -> dict[str, str]:
+    """{kind: path} a case's jobs take as input: the public names in the synthetic copy (written by
+    its own job, so not on disk yet when the DAG is built), the files found on disk in a download.
+    A missing file is left out, so only that case's validation job fails, naming it."""
+    return expected_files(raw_dir, case) if synthetic else case_files(raw_dir, case)
+
+
+def public_name(path: str | os.PathLike, case: str) -> str:
+    """A raw file's name for derived tables and attributes: the public name when it follows the
+    ``<case>_<kind>`` pattern, a placeholder otherwise (a non-standard name may carry a date)."""
+    name = Path(path).name
+    return name if name.startswith(f"{case}_") else "<non-standard file name>"
+
+
+def _require_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
+    found = case_files(raw_dir, case)
+    for kind in KINDS:
+        if kind not in found:
+            expected = Path(raw_dir) / case / f"{case}_{kind}.nii"
+            what = "segmentation" if kind == "seg" else f"{kind} modality"
+            raise InputError(expected, f"missing {what} (looked for .nii and .nii.gz)")
+    return found
+
+
+def _one_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: " + " ".join(str(exc).split())
+
+
+def load_nifti(path: str | os.PathLike, dtype=None):
+    """(nibabel image, data array in the file's (X, Y, Z) order); any read problem -> InputError."""
+    import nibabel as nib
+
+    try:
+        # No memory map: a file replaced or cut while mapped would kill the job with SIGBUS.
+        img = nib.load(str(path), mmap=False)
+    except Exception as exc:  # nibabel raises several types for non-NIfTI files
+        raise InputError(path, f"not a readable NIfTI file ({_one_line(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI file (read as {type(img).__name__})")
+    try:
+        data = np.asanyarray(img.dataobj)
+        if dtype is not None:
+            data = data.astype(dtype, copy=False)
+    except Exception as exc:  # a truncated file fails only when its data are read
+        raise InputError(path, f"truncated or unreadable image data ({_one_line(exc)})") from None
+    if data.ndim != 3:
+        raise InputError(path, f"expected a 3-D volume, got shape {data.shape}")
+    return img, data
+
+
+def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
+    """Check one case and describe it; the first problem raises one InputError naming the file.
+
+    Checks: every modality and the segmentation present; each a readable, untruncated 3-D NIfTI;
+    same shape and affine as flair; no NaN/inf; no all-zero modality; segmentation values within
+    {0, 1, 2, 4}. Returns ``{case_id, shape_xyz, spacing_xyz, affine, files, source_files}``
+    (``files``: kind -> path; ``source_files``: kind -> public file name).
+    """
+    files = _require_files(raw_dir, case)
+    ref_shape = ref_affine = ref_img = None
+    for kind in KINDS:
+        path = files[kind]
+        img, data = load_nifti(path)
+        if ref_img is None:
+            ref_img, ref_shape, ref_affine = img, data.shape, img.affine
+        elif data.shape != ref_shape:
+            raise InputError(path, f"shape {list(data.shape)} differs from flair's {list(ref_shape)}")
+        elif not np.allclose(img.affine, ref_affine, atol=AFFINE_ATOL):
+            raise InputError(path, "affine (voxel-to-mm geometry) differs from flair's")
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise InputError(path, "contains NaN or infinite values")
+        if kind == "seg":
+            values = np.unique(data)
+            bad = np.setdiff1d(values, BRATS_LABELS)
+            if bad.size:
+                shown = ", ".join(f"{v:g}" for v in bad[:8])
+                raise InputError(path, f"segmentation values {{{shown}}} outside {{0, 1, 2, 4}}")
+        elif not data.any():
+            raise InputError(path, "all voxels are zero")
+        del data
+    return {
+        "case_id": case,
+        "shape_xyz": [int(s) for s in ref_shape],
+        "spacing_xyz": [float(s) for s in ref_img.header.get_zooms()[:3]],
+        "affine": np.asarray(ref_affine, dtype=float).tolist(),
+        "files": files,
+        "source_files": {k: public_name(p, case) for k, p in files.items()},
+    }
+
+
+def read_grades(mapping_csv: str | os.PathLike, cases: Sequence[str]) -> dict[str, str]:
+    """{case: "HGG" | "LGG"} from ``name_mapping.csv``; a missing row or bad grade -> InputError."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(mapping_csv, dtype=str)
+    except FileNotFoundError:
+        raise InputError(mapping_csv, "not found (the BraTS download's name_mapping.csv)") from None
+    except Exception as exc:
+        raise InputError(mapping_csv, f"not a readable CSV ({exc})") from None
+    for col in ("Grade", MAPPING_ID_COL):
+        if col not in df.columns:
+            raise InputError(mapping_csv, f"no '{col}' column")
+    grades = dict(zip(df[MAPPING_ID_COL].str.strip(), df["Grade"].str.strip()))
+    out = {}
+    for case in cases:
+        if case not in grades:
+            raise InputError(mapping_csv, f"no row for case {case}")
+        if grades[case] not in GRADES:
+            raise InputError(mapping_csv, f"case {case} has grade {grades[case]!r}, expected HGG or LGG")
+        out[case] = grades[case]
+    return out
+
+
+def write_split(raw_dir: str | os.PathLike, cases: Sequence[str], fractions: Mapping[str, float], seed: int,
+                out_csv: str | os.PathLike):
+    """``id,split,grade`` by patient, stratified by grade (fractions e.g. {train: .7, val: .15, test: .15})."""
+    from medflow.ingest import splits
+
+    grades = read_grades(Path(raw_dir) / NAME_MAPPING, cases)
+    assignment = splits.assign_splits(list(cases), fractions, seed, strata=[grades[c] for c in cases])
+    df = splits.write_split(out_csv, assignment, extra={"grade": [grades[c] for c in assignment]})
+    for split, part in df.groupby("split"):
+        log.info("%s: %d cases (%s)", split, len(part), ", ".join(f"{g} {n}" for g, n in part["grade"].value_counts().sort_index().items()))
+    return df
+
+
+def manifest_row(raw_dir: str | os.PathLike, case: str, grade: str) -> dict:
+    """One manifest row from the headers only (cheap on a full download). An unreadable or missing
+    file leaves shape/spacing empty here: ``validate_case`` reports it, in that case's own job."""
+    import nibabel as nib
+
+    files = case_files(raw_dir, case)
+    shape = spacing = ""
+    if "flair" in files:
+        try:
+            hdr = nib.load(files["flair"]).header
+            shape = "x".join(str(int(s)) for s in hdr.get_data_shape())
+            spacing = "x".join(f"{float(s):g}" for s in hdr.get_zooms()[:3])
+        except Exception as exc:
+            log.warning("%s: header unreadable (%s); brats_validate will stop this case", files["flair"], type(exc).__name__)
+    return {
+        "id": case,
+        "grade": grade,
+        "shape_xyz": shape,
+        "spacing_xyz_mm": spacing,
+        "files": ";".join(public_name(files[k], case) for k in KINDS if k in files),
+        "missing": ";".join(k for k in KINDS if k not in files),
+    }
+
+
+def write_manifest(raw_dir: str | os.PathLike, cases: Sequence[str], out_csv: str | os.PathLike):
+    """``results/brats/ingest/manifest.csv``: one row per case (id, grade, shape, spacing, files)."""
+    import pandas as pd
+
+    from medflow import io
+
+    grades = read_grades(Path(raw_dir) / NAME_MAPPING, cases)
+    df = pd.DataFrame([manifest_row(raw_dir, c, grades[c]) for c in cases])
+    with io.atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+    return df

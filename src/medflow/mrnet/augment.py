@@ -1,0 +1,40 @@
+"""Exam augmentation as in the MRNet tutorial, with torchvision transforms v2 (not torchsample).
+
+One random rotation (within +-``rotation_deg``), shift (within +-``shift_px`` pixels of the original
+256-pixel slice) and horizontal flip (probability ``hflip_p``) is drawn per exam and applied to every
+slice alike, so the slices of an exam stay aligned: the exam ``(S, H, W)`` is handed to torchvision as
+one image with S channels.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from medflow.ingest.mrnet import IN_PLANE
+
+
+class ExamAugmentation:
+    def __init__(self, rotation_deg: float = 25.0, shift_px: float = 25.0, hflip_p: float = 0.5, in_plane: int = IN_PLANE):
+        # A shift in pixels of the original slice is the same fraction of the image after any resize.
+        shift = float(shift_px) / in_plane
+        self.transform = v2.Compose([
+            v2.RandomAffine(degrees=float(rotation_deg), translate=(shift, shift), interpolation=v2.InterpolationMode.BILINEAR, fill=0),
+            v2.RandomHorizontalFlip(p=float(hflip_p)),
+        ])
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None) -> "ExamAugmentation | None":
+        """``{rotation_deg, shift_px, hflip_p}`` or None/empty for no augmentation."""
+        if not cfg:
+            return None
+        return cls(cfg["rotation_deg"], cfg["shift_px"], cfg["hflip_p"])
+
+    def __call__(self, exam: torch.Tensor) -> torch.Tensor:
+        """(S, H, W) -> (S, H, W), same dtype; one draw of the random parameters for all S slices."""
+        if exam.ndim != 3:
+            raise ValueError(f"expected an exam (slices, H, W), got shape {tuple(exam.shape)}")
+        return self.transform(tv_tensors.Image(exam)).as_subclass(torch.Tensor)

@@ -1,0 +1,70 @@
+"""MRNet (Bien et al. 2018, as in the MRNet tutorial), taking packed batches of exams.
+
+Every slice goes through torchvision's AlexNet ``features`` (greyscale copied to three channels,
+ImageNet normalisation), global average pooling gives 256 values per slice, the maximum over an
+exam's slices gives 256 values per exam, and a linear layer gives one logit per exam.
+
+The tutorial runs one exam per forward pass. Here several exams' slices are concatenated into one
+batch ``(N, H, W)`` with ``counts`` (slices per exam, summing to N); the max is taken per exam
+(a segment max). AlexNet's features have no batch statistics, so packing changes nothing but speed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURES = 256  # AlexNet's last conv layer
+MIN_SIZE = 63  # smallest in-plane size AlexNet's features (three stride-2 pools) accept
+
+
+def alexnet_features(weights: str = "none") -> nn.Sequential:
+    """torchvision AlexNet ``features``; ``imagenet`` loads the cached ImageNet weights (never downloads)."""
+    from torchvision.models import AlexNet_Weights, alexnet
+
+    net = alexnet(weights=None)
+    if weights == "imagenet":
+        from medflow.train.pretrained import imagenet_state_dict
+
+        state = imagenet_state_dict(AlexNet_Weights.IMAGENET1K_V1)
+        net.load_state_dict(state)
+        log.info("AlexNet features: ImageNet weights")
+    elif weights != "none":
+        raise ValueError(f"weights must be 'none' or 'imagenet', got {weights!r}")
+    return net.features
+
+
+def segment_max(values: torch.Tensor, counts: torch.Tensor | list[int]) -> torch.Tensor:
+    """Max over consecutive segments: ``values`` (N, F), ``counts`` (B,) summing to N -> (B, F)."""
+    counts = counts.tolist() if torch.is_tensor(counts) else list(counts)
+    if sum(counts) != values.shape[0] or min(counts, default=1) < 1:
+        raise ValueError(f"counts {counts} do not split {values.shape[0]} slices into non-empty exams")
+    return torch.stack([seg.amax(dim=0) for seg in torch.split(values, counts)])
+
+
+class MRNet(nn.Module):
+    def __init__(self, weights: str = "none"):
+        super().__init__()
+        self.features = alexnet_features(weights)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(FEATURES, 1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def slice_features(self, slices: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) uint8 grey levels (or floats in 0-255) -> (N, 256) pooled AlexNet features."""
+        if slices.shape[-1] < MIN_SIZE or slices.shape[-2] < MIN_SIZE:
+            raise ValueError(f"slices of {tuple(slices.shape[-2:])} are smaller than AlexNet's minimum {MIN_SIZE}")
+        x = slices.unsqueeze(1).to(self.mean.dtype) / 255.0
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return self.pool(self.features(x)).flatten(1)
+
+    def forward(self, slices: torch.Tensor, counts: torch.Tensor | list[int]) -> torch.Tensor:
+        """Packed exams: ``slices`` (N, H, W), ``counts`` (B,) -> logits (B,)."""
+        return self.classifier(segment_max(self.slice_features(slices), counts)).squeeze(1)

@@ -1,0 +1,287 @@
+"""Synthetic RSNA Pneumonia Detection Challenge download, in the public layout::
+
+    <root>/stage_2_train_images/<patientId>.dcm
+    <root>/stage_2_train_labels.csv           patientId,x,y,width,height,Target (a row per box)
+    <root>/stage_2_detailed_class_info.csv    patientId,class (a row per label row, as in the real set)
+
+Each DICOM is a chest radiograph drawn on a physical (mm) grid and sampled at its own PixelSpacing
+(some images anisotropic), stored MONOCHROME2 as 8-bit or 12-in-16-bit pixels, with PatientAge as a
+DICOM AS string, PatientSex, ViewPosition AP/PA. Lung opacities are drawn inside the label boxes of
+Target=1 patients; "No Lung Opacity / Not Normal" patients carry other findings (large heart,
+effusion, nodule, a line); AP views are more often positive, as in the real data. Like the real set,
+PatientName and PatientID hold the anonymous patientId and PatientBirthDate is empty.
+
+Deterministic from ``seed``: every patient draws from its own generator, so the files do not depend
+on how many patients come before them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from medflow import io
+
+IMAGES = "stage_2_train_images"
+LABELS = "stage_2_train_labels.csv"
+CLASSES = "stage_2_detailed_class_info.csv"
+OPACITY, NOT_NORMAL, NORMAL = "Lung Opacity", "No Lung Opacity / Not Normal", "Normal"
+
+DEFAULTS: dict[str, Any] = {
+    "n_patients": 500,
+    "size": 128,  # nominal rows/columns (the real images are 1024 x 1024)
+    "positive_fraction": 0.3,  # real set: 22.5 %
+    "normal_fraction": 0.45,  # of the negatives; the rest are "No Lung Opacity / Not Normal"
+    "ap_given_positive": 0.75,  # P(AP view | Target=1): the metadata signal of the real data
+    "ap_given_negative": 0.4,
+    "bits16_fraction": 0.3,  # 12 bits stored in 16, with a header window; the rest 8-bit
+    "anisotropic_fraction": 0.2,  # row spacing != column spacing
+    "missing_age_fraction": 0.02,  # header quirks the metadata stage must survive
+    "missing_spacing_fraction": 0.02,
+}
+FOV_MM = 400.0  # physical field of view of a chest radiograph
+
+
+def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    unknown = set(cfg or {}) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown synthetic.rsna keys: {sorted(unknown)}")
+    return {**DEFAULTS, **dict(cfg or {})}
+
+
+@dataclass
+class Patient:
+    patient_id: str
+    target: int
+    cls: str
+    age_years: float
+    sex: str
+    view: str
+    finding: str  # "opacity", "heart", "effusion", "nodule", "line" or "none"
+
+
+def patient_ids(n: int, seed: int) -> list[str]:
+    """UUID4-style patientIds as in the real set, deterministic from ``seed``."""
+    rng = np.random.default_rng([seed, 7])
+    return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
+
+
+def draw_patients(cfg: Mapping[str, Any], seed: int) -> list[Patient]:
+    c = settings(cfg)
+    n = int(c["n_patients"])
+    master = np.random.default_rng([seed, 11])
+    n_pos = int(round(n * c["positive_fraction"]))
+    target = np.zeros(n, dtype=int)
+    target[master.permutation(n)[:n_pos]] = 1
+    out = []
+    for i, (pid, t) in enumerate(zip(patient_ids(n, seed), target)):
+        rng = np.random.default_rng([seed, 13, i])
+        if t:
+            cls, finding = OPACITY, "opacity"
+        elif rng.random() < c["normal_fraction"]:
+            cls, finding = NORMAL, "none"
+        else:
+            cls, finding = NOT_NORMAL, str(rng.choice(["heart", "effusion", "nodule", "line", "none"]))
+        # Mostly adults, a few children (their ages are written in months/weeks/days).
+        if rng.random() < 0.04:
+            age = float(rng.uniform(0.02, 16))
+        else:
+            age = float(np.clip(rng.normal(44 + 12 * t, 15), 18, 92))
+        sex = "M" if rng.random() < 0.56 else "F"
+        view = "AP" if rng.random() < (c["ap_given_positive"] if t else c["ap_given_negative"]) else "PA"
+        out.append(Patient(pid, int(t), cls, age, sex, view, finding))
+    return out
+
+
+def age_string(age_years: float) -> str:
+    """DICOM AS (age string): nnnD, nnnW, nnnM or nnnY, the unit the age is best told in."""
+    days = age_years * 365.25
+    if days < 28:
+        return f"{max(int(days), 0):03d}D"
+    if age_years < 2:
+        return f"{int(age_years * 12):03d}M"
+    return f"{int(age_years):03d}Y"
+
+
+def _draw(p: Patient, rows: int, cols: int, sr: float, sc: float, rng: np.random.Generator):
+    """The radiograph in [0, 1] on a (rows, cols) grid with row/column spacing sr/sc mm, and the
+    opacity boxes as (x, y, width, height) in pixels. Anatomy lives in physical units, so an
+    anisotropic grid shows it stretched, as a real detector with non-square pixels would."""
+    y = (np.arange(rows) - rows / 2 + 0.5) * sr / (FOV_MM / 2)
+    x = (np.arange(cols) - cols / 2 + 0.5) * sc / (FOV_MM / 2)
+    Y, X = np.meshgrid(y, x, indexing="ij")  # normalised physical coordinates, about [-1, 1]
+    k = rng.uniform(0.88, 1.05)
+    ox, oy = rng.normal(0, 0.03, 2)
+    X, Y = (X - ox) / k, (Y - oy) / k
+
+    def ellipse(cx, cy, ax, ay, soft=0.04):
+        d = np.sqrt(((X - cx) / ax) ** 2 + ((Y - cy) / ay) ** 2)
+        return 1 / (1 + np.exp((d - 1) / soft))
+
+    img = 0.04 + 0.46 * ellipse(0, 0.05, 0.86, 1.05)  # air, then soft tissue
+    lungs = np.maximum(ellipse(-0.38, -0.08, 0.27, 0.56), ellipse(0.38, -0.08, 0.27, 0.56))
+    img = img - 0.3 * lungs
+    ribs = 0.5 + 0.5 * np.sin(16 * Y + 3.5 * X**2 + rng.uniform(0, 2 * np.pi))
+    img = img + 0.07 * lungs * ribs**3
+    heart_scale = 1.15 if p.view == "AP" else 1.0  # AP films magnify the heart
+    if p.finding == "heart":
+        heart_scale *= rng.uniform(1.3, 1.5)
+    img = img + 0.28 * ellipse(0.1, 0.3, 0.24 * heart_scale, 0.2 * heart_scale) * (1 - 0.6 * lungs)
+    img = img + 0.22 * ellipse(0, 0, 0.07, 1.0, soft=0.1)  # spine and mediastinum
+    img = img + 0.2 * (1 - lungs) * ellipse(0, 0.75, 0.8, 0.22)  # diaphragm
+    if p.view == "AP":  # scapulae over the lung edges
+        img = img + 0.1 * np.maximum(ellipse(-0.62, -0.35, 0.12, 0.3), ellipse(0.62, -0.35, 0.12, 0.3))
+
+    boxes: list[tuple[int, int, int, int]] = []
+    if p.finding == "opacity":
+        n_boxes = int(rng.choice([1, 2, 3, 4], p=[0.42, 0.53, 0.04, 0.01]))
+        sides = [-1, 1] if n_boxes >= 2 else [rng.choice([-1, 1])]
+        sides = sides + list(rng.choice([-1, 1], n_boxes - len(sides)))
+        texture = ndimage.gaussian_filter(rng.standard_normal((rows, cols)), 2.0)
+        texture = 0.6 + 0.4 * texture / (np.abs(texture).max() + 1e-6)
+        for side in sides:
+            bw, bh = rng.uniform(0.2, 0.32), rng.uniform(0.3, 0.5)
+            cx = side * 0.38 + rng.uniform(-0.05, 0.05)
+            cy = rng.uniform(-0.2, 0.25)
+            # box in pixels (back from normalised physical coordinates)
+            c0 = int(np.clip(((cx - bw / 2) * k + ox) * (FOV_MM / 2) / sc + cols / 2, 0, cols - 2))
+            c1 = int(np.clip(((cx + bw / 2) * k + ox) * (FOV_MM / 2) / sc + cols / 2, c0 + 2, cols))
+            r0 = int(np.clip(((cy - bh / 2) * k + oy) * (FOV_MM / 2) / sr + rows / 2, 0, rows - 2))
+            r1 = int(np.clip(((cy + bh / 2) * k + oy) * (FOV_MM / 2) / sr + rows / 2, r0 + 2, rows))
+            inside = np.zeros((rows, cols))
+            inside[r0:r1, c0:c1] = 1
+            blob = np.exp(-(((X - cx) / (bw / 2.2)) ** 2 + ((Y - cy) / (bh / 2.2)) ** 2))
+            img = img + rng.uniform(0.12, 0.22) * blob * texture * inside
+            boxes.append((c0, r0, c1 - c0, r1 - r0))
+    elif p.finding == "effusion":
+        side = rng.choice([-1, 1])
+        base = ellipse(side * 0.4, 0.45, 0.3, 0.15, soft=0.08)
+        img = img + 0.22 * base * lungs
+    elif p.finding == "nodule":
+        img = img + 0.25 * ellipse(rng.choice([-1, 1]) * 0.35, rng.uniform(-0.4, 0.2), 0.04, 0.04, soft=0.1)
+    elif p.finding == "line":  # a tube or catheter: a thin bright line from the neck down
+        xl = rng.uniform(-0.15, 0.15)
+        img = img + 0.35 * np.exp(-(((X - xl - 0.1 * (Y + 1) ** 2) / 0.012) ** 2)) * (Y < 0.3)
+
+    img = ndimage.gaussian_filter(img, 0.8)
+    gain, offset = rng.uniform(0.85, 1.1), rng.uniform(-0.04, 0.04)
+    noise = rng.normal(0, 0.035 if p.view == "AP" else 0.025, img.shape)
+    return np.clip(img * gain + offset + noise, 0, 1), boxes
+
+
+def write_dicom(path: str | os.PathLike, pixels: np.ndarray, tags: Mapping[str, Any], seed_parts) -> None:
+    """One uncompressed Secondary Capture DICOM (the real set's SOP class) with ``pixels``
+    (rows, cols) uint8 or uint16 and the given top-level ``tags``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    uid = lambda what: generate_uid(entropy_srcs=[*map(str, seed_parts), what])  # noqa: E731
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = uid("sop")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
+    ds.Modality = "CR"
+    ds.ConversionType = "WSD"
+    ds.BodyPartExamined = "CHEST"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = tags.get("PhotometricInterpretation", "MONOCHROME2")
+    ds.BitsAllocated = bits
+    ds.BitsStored = tags.get("BitsStored", bits)
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def patient_image(p: Patient, index: int, cfg: Mapping[str, Any], seed: int):
+    """(pixels, DICOM tags, boxes) of one patient; deterministic from (seed, index)."""
+    c = settings(cfg)
+    rng = np.random.default_rng([seed, 17, index])
+    # A handful of detector settings, as in the real set (a few distinct PixelSpacing values).
+    s0 = FOV_MM / c["size"] * float(rng.choice([0.9, 0.95, 1.0, 1.05, 1.1]))
+    sr = sc = round(s0, 3)
+    if rng.random() < c["anisotropic_fraction"]:
+        sc = round(s0 * float(rng.choice([0.8, 0.85, 1.15, 1.2])), 3)
+    rows = int(round(FOV_MM * rng.uniform(0.95, 1.05) / sr))
+    cols = int(round(FOV_MM * rng.uniform(0.95, 1.05) / sc))
+    img, boxes = _draw(p, rows, cols, sr, sc, rng)
+
+    tags: dict[str, Any] = {
+        # As in the real set: the anonymous id in the name and ID fields, no birth date.
+        "PatientName": p.patient_id,
+        "PatientID": p.patient_id,
+        "PatientBirthDate": "",
+        "PatientSex": p.sex,
+        "PatientAge": age_string(p.age_years),
+        "ViewPosition": p.view,
+        "StudyDescription": f"view: {p.view}",
+        "SeriesDescription": f"view: {p.view}",
+        "PixelSpacing": [sr, sc],
+    }
+    if rng.random() < c["missing_age_fraction"]:
+        del tags["PatientAge"]
+    if rng.random() < c["missing_spacing_fraction"]:
+        del tags["PixelSpacing"]
+    if rng.random() < c["bits16_fraction"]:
+        lo, span = rng.uniform(200, 600), rng.uniform(2800, 3400)
+        pixels = np.clip(np.round(lo + img * span), 0, 4095).astype(np.uint16)
+        tags.update(BitsStored=12, WindowCenter=round(lo + span / 2, 1), WindowWidth=round(span, 1),
+                    RescaleIntercept=0, RescaleSlope=1)
+    else:
+        pixels = np.round(img * 255).astype(np.uint8)
+    return pixels, tags, boxes
+
+
+def write_dataset(root: str | os.PathLike, cfg: Mapping[str, Any] | None, seed: int) -> dict[str, int]:
+    """Write the synthetic download under ``root``; returns counts for the log.
+
+    Images go to a temporary folder that is renamed into place at the end, and the CSVs are written
+    atomically, so a killed job never leaves a half-written data set under the final names.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    images = root / IMAGES
+    tmp = root / f".{IMAGES}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    patients = draw_patients(cfg, seed)
+    label_rows, class_rows = [], []
+    for i, p in enumerate(patients):
+        pixels, tags, boxes = patient_image(p, i, cfg, seed)
+        write_dicom(tmp / f"{p.patient_id}.dcm", pixels, tags, (seed, i))
+        if p.target:
+            for x, y, w, h in boxes:
+                label_rows.append((p.patient_id, float(x), float(y), float(w), float(h), 1))
+                class_rows.append((p.patient_id, p.cls))
+        else:
+            label_rows.append((p.patient_id, None, None, None, None, 0))
+            class_rows.append((p.patient_id, p.cls))
+    shutil.rmtree(images, ignore_errors=True)
+    os.replace(tmp, images)
+    labels = pd.DataFrame(label_rows, columns=["patientId", "x", "y", "width", "height", "Target"])
+    classes = pd.DataFrame(class_rows, columns=["patientId", "class"])
+    with io.atomic_path(root / LABELS) as t:
+        labels.to_csv(t, index=False)
+    with io.atomic_path(root / CLASSES) as t:
+        classes.to_csv(t, index=False)
+    return {"patients": len(patients), "positive": int(sum(p.target for p in patients)), "boxes": int(labels["Target"].sum())}

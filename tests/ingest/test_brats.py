@@ -1,0 +1,172 @@
+"""BraTS ingest: discovery of real-layout quirks, one clear error per malformed case, split and manifest."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medflow.errors import InputError
+from medflow.ingest import brats
+from medflow.synthetic import brats as sb
+
+CFG = {"n_cases": 4, "hgg_fraction": 0.5, "shape_xyz": [32, 32, 24], "blank_slices": [1, 3], "bias_strength": 0.3, "noise": 0.03}
+CASE = "BraTS20_Training_002"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine") / "MICCAI_BraTS2020_TrainingData"
+    sb.generate(CFG, root, seed=3)
+    return root
+
+
+@pytest.fixture
+def raw(pristine, tmp_path):
+    """A private copy each test may break."""
+    return shutil.copytree(pristine, tmp_path / "MICCAI_BraTS2020_TrainingData")
+
+
+def path(raw, kind, case=CASE):
+    return raw / case / f"{case}_{kind}.nii"
+
+
+def rewrite(raw, kind, data, affine=None):
+    img = nib.load(path(raw, kind), mmap=False)
+    header = img.header.copy()
+    header.set_data_dtype(data.dtype)
+    nib.save(nib.Nifti1Image(data, img.affine if affine is None else affine, header), path(raw, kind))
+
+
+def test_discover_cases_lists_case_folders_only(raw):
+    (raw / "README.txt").write_text("not a case")
+    (raw / "extras").mkdir()
+    assert brats.discover_cases(raw) == sb.case_ids(CFG)
+
+
+@pytest.mark.parametrize("where", ["", "missing"])
+def test_discover_cases_names_the_missing_folder(tmp_path, where):
+    with pytest.raises(InputError, match="brats.raw_dir" if not where else "not found"):
+        brats.discover_cases(str(tmp_path / where) if where else "")
+
+
+def test_case_files_finds_gz_and_the_misnamed_segmentation(raw):
+    flair = path(raw, "flair")
+    with open(flair, "rb") as src, gzip.open(str(flair) + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    flair.unlink()
+    path(raw, "seg").rename(raw / CASE / "W39_1998.09.19_Segm.nii")  # as case 355 of the real download
+    files = brats.case_files(raw, CASE)
+    assert files["flair"].endswith(f"{CASE}_flair.nii.gz")
+    assert files["seg"].endswith("W39_1998.09.19_Segm.nii")
+    info = brats.validate_case(raw, CASE)
+    assert info["source_files"]["seg"] == "<non-standard file name>", "a dated file name stays out of derived files"
+    assert info["source_files"]["flair"] == f"{CASE}_flair.nii.gz"
+
+
+def test_valid_case_is_described(raw):
+    info = brats.validate_case(raw, CASE)
+    assert info["shape_xyz"] == CFG["shape_xyz"] and info["spacing_xyz"] == [1.0, 1.0, 1.0]
+    np.testing.assert_array_equal(info["affine"], sb.brats_affine(CFG["shape_xyz"]))
+    assert set(info["files"]) == {"flair", "t1", "t1ce", "t2", "seg"}
+
+
+def _missing(raw):
+    path(raw, "t1ce").unlink()
+    return "t1ce", "missing t1ce"
+
+
+def _not_nifti(raw):
+    path(raw, "flair").write_text("<html>download failed</html>")
+    return "flair", "not a readable NIfTI"
+
+
+def _truncated(raw):
+    p = path(raw, "t2")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    return "t2", "truncated"
+
+
+def _shape(raw):
+    rewrite(raw, "t1", np.ones((32, 32, 20), np.int16))
+    return "t1", "shape"
+
+
+def _affine(raw):
+    img = nib.load(path(raw, "t1ce"), mmap=False)
+    shifted = img.affine.copy()
+    shifted[0, 3] += 2.0
+    rewrite(raw, "t1ce", np.asanyarray(img.dataobj), affine=shifted)
+    return "t1ce", "affine"
+
+
+def _labels(raw):
+    seg = np.asanyarray(nib.load(path(raw, "seg"), mmap=False).dataobj).copy()
+    seg[0, 0, 0] = 7
+    seg[0, 0, 1] = 3  # BraTS has no label 3
+    rewrite(raw, "seg", seg)
+    return "seg", r"values \{3, 7\} outside"
+
+
+def _all_zero(raw):
+    rewrite(raw, "t1", np.zeros(CFG["shape_xyz"], np.int16))
+    return "t1", "all voxels are zero"
+
+
+def _nan(raw):
+    data = np.asanyarray(nib.load(path(raw, "flair"), mmap=False).dataobj).astype(np.float32)
+    data[10, 10, 10] = np.nan
+    rewrite(raw, "flair", data)
+    return "flair", "NaN"
+
+
+@pytest.mark.parametrize("breakage", [_missing, _not_nifti, _truncated, _shape, _affine, _labels, _all_zero, _nan])
+def test_malformed_case_raises_one_error_naming_the_file(raw, breakage):
+    kind, message = breakage(raw)
+    with pytest.raises(InputError, match=message) as exc:
+        brats.validate_case(raw, CASE)
+    assert exc.value.path.endswith(f"{CASE}_{kind}.nii")
+    assert "\n" not in str(exc.value)
+    brats.validate_case(raw, "BraTS20_Training_001")  # the other cases are untouched
+
+
+def test_split_by_patient_stratified_by_grade(tmp_path):
+    root = tmp_path / "raw"
+    root.mkdir()
+    cases = [f"BraTS20_Training_{i:03d}" for i in range(1, 25)]
+    grades = ["HGG" if i % 2 else "LGG" for i in range(24)]
+    pd.DataFrame({"Grade": grades, "BraTS_2020_subject_ID": cases}).to_csv(root / "name_mapping.csv", index=False)
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    df = brats.write_split(root, cases, fractions, seed=42, out_csv=tmp_path / "split.csv")
+    assert list(pd.read_csv(tmp_path / "split.csv").columns) == ["id", "split", "grade"]
+    assert sorted(df["id"]) == cases and df["id"].is_unique
+    counts = df.groupby(["split", "grade"]).size().to_dict()
+    assert counts == {("test", "HGG"): 2, ("test", "LGG"): 2, ("train", "HGG"): 8, ("train", "LGG"): 8,
+                      ("val", "HGG"): 2, ("val", "LGG"): 2}
+    assert dict(zip(df["id"], df["grade"])) == dict(zip(cases, grades))
+    again = brats.write_split(root, cases[::-1], fractions, seed=42, out_csv=tmp_path / "again.csv")
+    assert again.equals(df)
+
+
+def test_missing_name_mapping_row_names_the_csv(raw, tmp_path):
+    mapping = pd.read_csv(raw / "name_mapping.csv")
+    mapping[mapping["BraTS_2020_subject_ID"] != CASE].to_csv(raw / "name_mapping.csv", index=False)
+    with pytest.raises(InputError, match=f"name_mapping.csv: no row for case {CASE}"):
+        brats.write_split(raw, sb.case_ids(CFG), {"train": 0.5, "test": 0.5}, 0, tmp_path / "split.csv")
+    assert not (tmp_path / "split.csv").exists()
+
+
+def test_manifest_from_headers_keeps_going_past_a_broken_case(raw, tmp_path):
+    path(raw, "t2", "BraTS20_Training_003").unlink()
+    path(raw, "flair", "BraTS20_Training_004").write_text("garbage")
+    df = brats.write_manifest(raw, sb.case_ids(CFG), tmp_path / "manifest.csv")
+    assert list(df.columns) == ["id", "grade", "shape_xyz", "spacing_xyz_mm", "files", "missing"]
+    row = df.set_index("id").fillna("")
+    assert row.loc[CASE, "shape_xyz"] == "32x32x24" and row.loc[CASE, "spacing_xyz_mm"] == "1x1x1"
+    assert row.loc[CASE, "files"].split(";") == [f"{CASE}_{k}.nii" for k in ("flair", "t1", "t1ce", "t2", "seg")]
+    assert row.loc["BraTS20_Training_003", "missing"] == "t2"
+    assert row.loc["BraTS20_Training_004", "shape_xyz"] == ""

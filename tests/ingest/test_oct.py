@@ -1,0 +1,132 @@
+"""OCT2017 ingest: discovery, the manifest and split file, and one InputError naming the file for
+each kind of bad input (unreadable image, missing class folder, name not matching the pattern)."""
+
+import logging
+import shutil
+
+import pandas as pd
+import pytest
+
+from medflow.errors import InputError
+from medflow.ingest import oct as ing
+from medflow.synthetic import oct as syn
+
+SMALL = {"patients": {"train": 4, "val": 1, "test": 1}, "images_per_patient": [1, 3], "width": [40, 56], "height": [36, 48]}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oct") / "OCT2017"
+    syn.generate(root, SMALL, seed=1)
+    return root
+
+
+@pytest.fixture
+def root(pristine, tmp_path):
+    dst = tmp_path / "OCT2017"
+    shutil.copytree(pristine, dst)
+    return dst
+
+
+def a_file(root, split="train", cls="DME"):
+    return sorted((root / split / cls).iterdir())[0]
+
+
+def test_manifest_and_split_describe_every_image(pristine, tmp_path):
+    split = ing.ingest(pristine, tmp_path / "manifest.csv", tmp_path / "split.csv", val_source="folder", val_fraction=0.1, seed=0)
+    manifest = pd.read_csv(tmp_path / "manifest.csv", dtype={"patient": str})
+    n_files = sum(1 for p in pristine.rglob("*.jpeg"))
+    assert len(manifest) == len(split) == n_files
+    assert list(manifest.columns) == ["id", "path", "folder", "label", "patient", "n", "width", "height", "mode"]
+    row = manifest.iloc[0]
+    assert (pristine / row["path"]).is_file() and row["path"].startswith(f"{row['folder']}/{row['label']}/")
+    assert set(manifest["mode"]) == {"L"} and manifest["width"].between(40, 56).all()
+    on_disk = pd.read_csv(tmp_path / "split.csv", dtype=str)
+    assert list(on_disk.columns) == ["id", "split", "label", "patient", "path"]
+    assert (on_disk["split"] == manifest["folder"]).all(), "val_source folder keeps the data set's folders"
+
+
+def test_unreadable_image_names_the_file(root):
+    bad = a_file(root)
+    bad.write_bytes(b"this is not a jpeg")
+    with pytest.raises(InputError, match="unreadable image") as e:
+        ing.discover(root)
+    assert e.value.path == str(bad)
+
+
+def test_truncated_jpeg_is_caught_when_pixels_are_checked(root):
+    bad = a_file(root, "test", "CNV")
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(InputError) as e:
+        ing.discover(root, check_pixels=True)
+    assert e.value.path == str(bad) and "unreadable" in e.value.problem
+
+
+def test_missing_class_folder_names_the_folder(root):
+    shutil.rmtree(root / "val" / "DRUSEN")
+    with pytest.raises(InputError, match="class folder missing") as e:
+        ing.discover(root)
+    assert e.value.path == str(root / "val" / "DRUSEN")
+
+
+def test_empty_class_folder_is_an_error(root):
+    for p in (root / "test" / "NORMAL").iterdir():
+        p.unlink()
+    with pytest.raises(InputError, match="no images"):
+        ing.discover(root)
+
+
+@pytest.mark.parametrize("name", ["DME_123-1.jpeg", "DME-123.jpeg", "scan.png", "DME-12a-1.jpeg"])
+def test_file_name_not_matching_the_pattern_names_the_file(root, name):
+    bad = root / "train" / "DME" / name
+    shutil.copy(a_file(root), bad)
+    with pytest.raises(InputError, match="does not match") as e:
+        ing.discover(root)
+    assert e.value.path == str(bad)
+
+
+def test_class_in_name_must_match_its_folder(root):
+    src = a_file(root, "train", "DME")
+    bad = root / "train" / "CNV" / src.name
+    shutil.move(src, bad)
+    with pytest.raises(InputError, match="DME folder|in the CNV folder") as e:
+        ing.discover(root)
+    assert e.value.path == str(bad)
+
+
+def test_hidden_files_are_ignored(root):
+    (root / "train" / "CNV" / ".DS_Store").write_bytes(b"\0\1")
+    df = ing.discover(root)
+    assert not df["id"].str.startswith(".").any()
+
+
+def test_missing_root_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="OCT2017 folder not found"):
+        ing.discover(tmp_path / "nowhere")
+
+
+def test_val_carved_from_train_by_patient(pristine):
+    df = ing.discover(pristine)
+    split = ing.assign(df, "train", 0.25, seed=3)
+    assert set(split[df["folder"] == "val"]) == {"unused"}
+    assert (split[df["folder"] == "test"] == "test").all()
+    carved = df.assign(split=split)[df["folder"] == "train"]
+    assert set(carved["split"]) == {"train", "val"}
+    assert (carved.groupby("patient")["split"].nunique() == 1).all(), "no patient on both sides"
+    val_labels = carved.loc[carved["split"] == "val", "label"]
+    assert set(val_labels) == set(ing.CLASSES), "stratified: every class in val"
+    assert split.equals(ing.assign(df, "train", 0.25, seed=3))
+
+
+def test_patient_in_two_folders_is_reported_not_rejected(root, tmp_path, caplog):
+    """The real download has patients with images in more than one folder: logged, not fatal."""
+    src = a_file(root, "train", "CNV")
+    cls, pid, _ = src.stem.split("-")
+    shutil.copy(src, root / "test" / "CNV" / f"{cls}-{pid}-99.jpeg")
+    with caplog.at_level(logging.WARNING):
+        ing.ingest(root, tmp_path / "m.csv", tmp_path / "s.csv", val_source="folder", val_fraction=0.1, seed=0)
+    assert "1 patients have images in more than one split" in caplog.text
+
+
+def test_class_to_idx_is_imagefolder_order():
+    assert ing.class_to_idx() == {"CNV": 0, "DME": 1, "DRUSEN": 2, "NORMAL": 3}

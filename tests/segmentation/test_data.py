@@ -1,0 +1,57 @@
+"""Reading patch and stacked-case HDF5 files, and refusing malformed ones with one clear message."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, PATCH, make_case, write_stack
+from medflow.errors import InputError
+from medflow.segmentation.data import PatchDataset, read_stack
+
+
+def test_patch_dataset_streams_every_patch(dataset):
+    files = [dataset["patches"][c] for c in dataset["splits"]["train"]]
+    ds = PatchDataset(files)
+    assert len(ds) == 6 * len(files) and ds.patch_size == PATCH
+    image, label = ds[7]  # file 1, patch 1
+    with h5py.File(files[1]) as f:
+        assert np.array_equal(image.numpy(), f["image"][1])
+        assert np.array_equal(label.numpy(), f["label"][1])
+    assert image.dtype == label.dtype == torch.float32
+    # Worker processes open their own handles.
+    batches = list(DataLoader(ds, batch_size=4, num_workers=1))
+    assert sum(len(b[0]) for b in batches) == len(ds)
+
+
+def test_malformed_patch_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.h5"
+    with h5py.File(bad, "w") as f:
+        f["image"] = np.zeros((2, 4, 8, 8, 8), np.float32)
+        f["label"] = np.zeros((2, 4, 8, 8, 8), np.uint8)  # 4 label channels, not 3
+    with pytest.raises(InputError, match="bad.h5: 'label' must be"):
+        PatchDataset([bad])
+    not_h5 = tmp_path / "text.h5"
+    not_h5.write_text("hello")
+    with pytest.raises(InputError, match="text.h5: cannot open as HDF5"):
+        PatchDataset([not_h5])
+
+
+def test_read_stack(dataset):
+    case = dataset["splits"]["test"][0]
+    s = read_stack(dataset["stacks"][case])
+    assert s.case_id == case
+    assert s.image.shape == (4, KEPT[1] - KEPT[0], *ORIGINAL_ZYX[1:])
+    assert s.label.shape == s.image.shape[1:] and s.label.max() == 3
+    assert s.original_shape_zyx == ORIGINAL_ZYX and s.kept_z_range == KEPT
+    assert s.affine.shape == (4, 4)
+
+
+def test_stack_with_a_raw_label_4_is_refused(tmp_path):
+    image, label = make_case(0)
+    label[label == 3] = 4  # not converted to the stored 3
+    path = tmp_path / "case.h5"
+    write_stack(path, "BraTS20_Training_001", image, label)
+    with pytest.raises(InputError, match="case.h5: 'label' holds values \\[4\\]"):
+        read_stack(path)

@@ -1,0 +1,100 @@
+"""Synthetic OCT2017: the Kermany layout and names, greyscale JPEGs of varying size, several images
+per patient, one split per patient, deterministic, and classes that differ visibly."""
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medflow.synthetic import oct as syn
+
+SMALL = {"patients": {"train": 4, "val": 1, "test": 2}, "images_per_patient": [1, 3], "width": [48, 80], "height": [40, 64]}
+NAME = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d{7})-(\d+)\.jpeg$")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oct") / "OCT2017"
+    counts = syn.generate(root, SMALL, seed=7)
+    return root, counts
+
+
+def files(root):
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_layout_names_and_counts(tree):
+    root, counts = tree
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train", "val"]
+    for split in syn.SPLITS:
+        assert sorted(p.name for p in (root / split).iterdir()) == ["CNV", "DME", "DRUSEN", "NORMAL"]
+    seen = {s: 0 for s in syn.SPLITS}
+    for p in files(root):
+        split, cls = p.parts[-3], p.parts[-2]
+        m = NAME.match(p.name)
+        assert m and m.group(1) == cls, p
+        seen[split] += 1
+    assert seen == counts
+    assert not list(root.parent.glob(".*tmp")), "the temporary tree is renamed into place"
+
+
+def test_images_are_greyscale_jpegs_of_varying_size_within_config(tree):
+    root, _ = tree
+    sizes = set()
+    for p in files(root):
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.mode == "L"
+            w, h = im.size
+        assert 48 <= w <= 80 and 40 <= h <= 64
+        sizes.add((w, h))
+    assert len(sizes) > 5
+
+
+def test_patients_have_several_images_and_one_split(tree):
+    root, _ = tree
+    where, per_patient = {}, {}
+    for p in files(root):
+        _, pid, n = NAME.match(p.name).groups()
+        where.setdefault(pid, set()).add((p.parts[-3], p.parts[-2]))
+        per_patient.setdefault(pid, []).append(int(n))
+    assert all(len(v) == 1 for v in where.values()), "a patient lies in one split and class"
+    assert max(len(v) for v in per_patient.values()) > 1
+    assert all(sorted(v) == list(range(1, len(v) + 1)) for v in per_patient.values()), "n counts from 1"
+    assert len(per_patient) == 4 * (4 + 1 + 2)
+
+
+def test_deterministic_from_seed(tree, tmp_path):
+    root, _ = tree
+    again = tmp_path / "a" / "OCT2017"
+    syn.generate(again, SMALL, seed=7)
+    assert [p.relative_to(again) for p in files(again)] == [p.relative_to(root) for p in files(root)]
+    assert all(p.read_bytes() == (root / p.relative_to(again)).read_bytes() for p in files(again))
+    other = tmp_path / "b" / "OCT2017"
+    syn.generate(other, SMALL, seed=8)
+    assert [p.name for p in files(other)] != [p.name for p in files(root)]
+
+
+def test_classes_are_separable_by_a_simple_classifier(tmp_path):
+    """The class patterns are visible at low resolution: a linear model on standardised 16 x 16
+    thumbnails of some patients classifies other patients' images well above chance (0.25)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    root = tmp_path / "OCT2017"
+    syn.generate(root, {**SMALL, "patients": {"train": 8, "val": 1, "test": 6}}, seed=3)
+
+    def xy(split):
+        x, y = [], []
+        for i, cls in enumerate(syn.CLASSES):
+            for p in sorted((root / split / cls).iterdir()):
+                with Image.open(p) as im:
+                    x.append(np.asarray(im.resize((16, 16)), dtype=float).ravel())
+                y.append(i)
+        return np.array(x), np.array(y)
+
+    xtr, ytr = xy("train")
+    xte, yte = xy("test")
+    acc = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(xtr, ytr).score(xte, yte)
+    assert acc > 0.5, acc

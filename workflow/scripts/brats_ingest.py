@@ -1,0 +1,8 @@
+from medflow.ingest.brats import write_manifest, write_split
+from medflow.jobs import start
+
+log = start(snakemake)
+p = snakemake.params
+write_split(p.raw, p.cases, p.fractions, p.seed, snakemake.output.split)
+write_manifest(p.raw, p.cases, snakemake.output.manifest)
+log.info("%d cases: %s, %s", len(p.cases), snakemake.output.split, snakemake.output.manifest)

@@ -1,0 +1,19 @@
+from medflow.jobs import start
+from medflow.segmentation.data import by_case
+from medflow.segmentation.evaluation import EvalParams, evaluate_unet3d
+from medflow.train import select_device
+
+log = start(snakemake)
+evaluate_unet3d(
+    snakemake.input.checkpoint,
+    by_case(snakemake.input.stacks),
+    snakemake.input.split,
+    metrics_json=snakemake.output.metrics,
+    per_case_csv=snakemake.output.per_case,
+    predictions_dir=snakemake.output.predictions,
+    overlays_dir=snakemake.output.overlays,
+    params=EvalParams(**snakemake.params.evaluate, threshold=snakemake.params.threshold),
+    device=select_device(snakemake.threads),
+    bf16=snakemake.params.bf16,
+    rule=snakemake.rule,
+)
