@@ -11,7 +11,7 @@ from medflow.errors import InputError
 from medflow.ingest import oct as ing
 from medflow.synthetic import oct as syn
 
-SMALL = {"patients": {"train": 4, "val": 1, "test": 1}, "images_per_patient": [1, 3], "width": [40, 56], "height": [36, 48]}
+SMALL = {"patients": {"train": 4, "val": 1, "test": 1}, "images_per_patient": [1, 3], "height": [36, 48], "aspect": [1.0, 1.4]}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_manifest_and_split_describe_every_image(pristine, tmp_path):
     assert list(manifest.columns) == ["id", "path", "folder", "label", "patient", "n", "width", "height", "mode"]
     row = manifest.iloc[0]
     assert (pristine / row["path"]).is_file() and row["path"].startswith(f"{row['folder']}/{row['label']}/")
-    assert set(manifest["mode"]) == {"L"} and manifest["width"].between(40, 56).all()
+    assert set(manifest["mode"]) == {"L"} and manifest["height"].between(36, 48).all()
     on_disk = pd.read_csv(tmp_path / "split.csv", dtype=str)
     assert list(on_disk.columns) == ["id", "split", "label", "patient", "path"]
     assert (on_disk["split"] == manifest["folder"]).all(), "val_source folder keeps the data set's folders"

@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     root = tmp / "OCT2017"
-    generate(root, {"patients": {"train": 2, "val": 1, "test": 1}, "images_per_patient": [1, 2], "width": [40, 56], "height": [36, 48]}, seed=0)
+    generate(root, {"patients": {"train": 2, "val": 1, "test": 1}, "images_per_patient": [1, 2], "height": [36, 48], "aspect": [1.0, 1.4]}, seed=0)
     ingest(root, tmp / "manifest.csv", tmp / "split.csv", val_source="folder", val_fraction=0.1, seed=0)
     torch.set_num_threads(1)
     logger = logging.getLogger("medflow.oct.train")

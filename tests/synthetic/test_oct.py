@@ -9,7 +9,7 @@ from PIL import Image
 
 from medflow.synthetic import oct as syn
 
-SMALL = {"patients": {"train": 4, "val": 1, "test": 2}, "images_per_patient": [1, 3], "width": [48, 80], "height": [40, 64]}
+SMALL = {"patients": {"train": 4, "val": 1, "test": 2}, "images_per_patient": [1, 3], "height": [40, 64], "aspect": [1.0, 1.5]}
 NAME = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d{7})-(\d+)\.jpeg$")
 
 
@@ -46,7 +46,7 @@ def test_images_are_greyscale_jpegs_of_varying_size_within_config(tree):
         with Image.open(p) as im:
             assert im.format == "JPEG" and im.mode == "L"
             w, h = im.size
-        assert 48 <= w <= 80 and 40 <= h <= 64
+        assert 40 <= h <= 64 and 1.0 <= w / h <= 1.5 + 1 / h
         sizes.add((w, h))
     assert len(sizes) > 5
 

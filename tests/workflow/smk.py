@@ -16,9 +16,9 @@ TINY = ROOT / "tests" / "config" / "tiny.yaml"
 def snakemake_cmd(workdir: Path, *args: str, configfiles=(), cores: int = 2) -> list[str]:
     exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
     cfg = [str(ROOT / "config" / "config.yaml"), str(TINY), *map(str, configfiles)]
-    # Targets and flags go before --configfile, which takes every value after it.
-    return [exe, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
-            "--resources", "gpu=1", *args, "--configfile", *cfg]
+    # Targets and flags go first: --resources and --configfile take every value after them.
+    return [exe, *args, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
+            "--resources", "gpu=1", "--configfile", *cfg]
 
 
 def run_snakemake(workdir: Path, *args: str, configfiles=(), check=True, timeout=1200, **kw) -> subprocess.CompletedProcess:

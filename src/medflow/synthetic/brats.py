@@ -82,12 +82,14 @@ def smooth_field(rng: np.random.Generator, shape, cells: int = 6) -> np.ndarray:
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
-def _bias(rng: np.random.Generator, grids, strength: float) -> np.ndarray:
-    """exp of a random low-order polynomial in normalised coordinates, max |log| = ``strength``."""
+def _bias(rng: np.random.Generator, grids, strength: float, brain: np.ndarray) -> np.ndarray:
+    """exp of a random low-order polynomial in normalised coordinates, centred on the brain, with
+    max |log| = ``strength`` inside the brain."""
     z, y, x = grids
     terms = [x, y, z, x * y, y * z, x * z, x * x - 1 / 3, y * y - 1 / 3, z * z - 1 / 3]
     log_field = sum(c * t for c, t in zip(rng.uniform(-1, 1, len(terms)), terms))
-    log_field = log_field * (strength / (np.abs(log_field).max() + 1e-8))
+    log_field = log_field - log_field[brain].mean()
+    log_field = log_field * (strength / (np.abs(log_field[brain]).max() + 1e-8))
     return np.exp(log_field).astype(np.float32)
 
 
@@ -162,7 +164,7 @@ def make_case(rng: np.random.Generator, grade: str, shape_xyz, blank_slices=(2, 
         table = np.array([CONTRAST[mod][t] for t in TISSUES], np.float32)
         img = table[tissue] * (1 + 0.04 * texture)
         img = ndimage.gaussian_filter(img * brain_f, 0.6)
-        bias = _bias(rng, grids, bias_strength)
+        bias = _bias(rng, grids, bias_strength, brain)
         if bias_out is not None:
             bias_out[mod] = bias.transpose(2, 1, 0)
         img = img * bias + noise * rng.standard_normal(shape).astype(np.float32)

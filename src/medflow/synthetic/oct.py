@@ -29,8 +29,8 @@ SPLITS = ("train", "val", "test")
 DEFAULTS = {
     "patients": {"train": 24, "val": 3, "test": 8},  # per class
     "images_per_patient": [1, 4],
-    "width": [96, 160],  # pixels, drawn per patient
-    "height": [72, 120],
+    "height": [72, 120],  # pixels, drawn per patient
+    "aspect": [1.0, 1.5],  # width / height, drawn per patient (real: 512 x 496 mostly, some up to 3:1)
     "jpeg_quality": 90,
 }
 
@@ -46,10 +46,11 @@ def settings(cfg: Mapping | None) -> dict:
     return out
 
 
-def _patient_geometry(rng: np.random.Generator, cls: str, width: tuple[int, int], height: tuple[int, int]) -> dict:
-    """What all images of one patient share: size, retina position/thickness and the lesion layout."""
-    w = int(rng.integers(width[0], width[1] + 1))
+def _patient_geometry(rng: np.random.Generator, cls: str, height: tuple[int, int], aspect: tuple[float, float]) -> dict:
+    """What all images of one patient share: size, retina position/thickness and the lesion layout.
+    Lesions lie around the centre (the macula), where scans are centred."""
     h = int(rng.integers(height[0], height[1] + 1))
+    w = int(round(h * rng.uniform(aspect[0], aspect[1])))
     geo = {
         "w": w,
         "h": h,
@@ -62,15 +63,15 @@ def _patient_geometry(rng: np.random.Generator, cls: str, width: tuple[int, int]
         "gain": rng.uniform(0.8, 1.15),
     }
     if cls == "CNV":
-        geo["lesions"] = [(rng.uniform(0.3, 0.7), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2))]  # x, half-width, height
+        geo["lesions"] = [(rng.uniform(0.35, 0.65), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2))]  # x, half-width, height
     elif cls == "DRUSEN":
-        n = int(rng.integers(4, 8))
-        xs = np.sort(rng.uniform(0.1, 0.9, n))
-        geo["lesions"] = [(x, rng.uniform(0.03, 0.05), rng.uniform(0.05, 0.08)) for x in xs]
+        n = int(rng.integers(3, 7))
+        xs = np.sort(rng.uniform(0.2, 0.8, n))
+        geo["lesions"] = [(x, rng.uniform(0.035, 0.06), rng.uniform(0.06, 0.1)) for x in xs]
     elif cls == "DME":
         n = int(rng.integers(3, 7))
         geo["lesions"] = [
-            (rng.uniform(0.2, 0.8), rng.uniform(0.3, 0.75), rng.uniform(0.04, 0.08), rng.uniform(0.5, 0.9)) for _ in range(n)
+            (rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.75), rng.uniform(0.04, 0.08), rng.uniform(0.5, 0.9)) for _ in range(n)
         ]  # x, depth in retina, radius (fraction of width), aspect
     else:
         geo["lesions"] = []
@@ -161,7 +162,7 @@ def generate(root: str | os.PathLike, cfg: Mapping | None, seed: int) -> dict[st
             for _ in range(int(s["patients"][split])):
                 pid = next(ids)
                 prng = np.random.default_rng([seed, pid])
-                geo = _patient_geometry(prng, cls, s["width"], s["height"])
+                geo = _patient_geometry(prng, cls, s["height"], s["aspect"])
                 for n in range(1, int(prng.integers(lo, hi + 1)) + 1):
                     img = render(geo, cls, prng)
                     Image.fromarray(img, mode="L").save(folder / f"{cls}-{pid}-{n}.jpeg", quality=int(s["jpeg_quality"]))
