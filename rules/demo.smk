@@ -93,6 +93,8 @@ if synthetic():
             f"{LOGS}/synthetic_oct.log",
         benchmark:
             f"{BENCH}/synthetic_oct.tsv"
+        conda:
+            "../envs/medflow.yaml"
         script:
             "../workflow/scripts/synthetic_oct.py"
 

@@ -18,6 +18,8 @@ rule grade_slices:
         f"{LOGS}/grade_slices.log",
     benchmark:
         f"{BENCH}/grade_slices.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/grade_slices.py"
 
@@ -42,6 +44,8 @@ rule grade_train:
         f"{LOGS}/grade_train.log",
     benchmark:
         f"{BENCH}/grade_train.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/grade_train.py"
 
@@ -69,6 +73,8 @@ rule grade_evaluate:
         f"{LOGS}/grade_evaluate.log",
     benchmark:
         f"{BENCH}/grade_evaluate.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/grade_evaluate.py"
 

@@ -18,6 +18,8 @@ rule oct_ingest:
         f"{LOGS}/oct_ingest.log",
     benchmark:
         f"{BENCH}/oct_ingest.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/oct_ingest.py"
 
@@ -42,6 +44,8 @@ rule oct_train:
         f"{LOGS}/oct_train.log",
     benchmark:
         f"{BENCH}/oct_train.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/oct_train.py"
 
@@ -66,6 +70,8 @@ rule oct_evaluate:
         f"{LOGS}/oct_evaluate.log",
     benchmark:
         f"{BENCH}/oct_evaluate.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/oct_evaluate.py"
 

@@ -34,3 +34,13 @@ def test_write_json_plain_floats(tmp_path):
 def test_input_error_names_file_and_problem():
     err = InputError("/data/x.nii", "shape (1, 2) differs from flair (2, 2)")
     assert str(err) == "/data/x.nii: shape (1, 2) differs from flair (2, 2)"
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    with io.atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask

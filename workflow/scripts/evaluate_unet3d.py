@@ -1,3 +1,9 @@
+import os
+
+# Before torch loads OpenMP: idle threads sleep instead of spinning, so a job that shares its cores
+# with other jobs is not slowed several-fold by spinning threads (docs/brats_segmentation.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from medflow.jobs import start
 from medflow.segmentation.data import by_case
 from medflow.segmentation.evaluation import EvalParams, evaluate_unet3d

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MONITOR_MODE = {"val_auc": "max", "val_slice_auc": "max", "val_loss": "min"}
 CLASSES = ["LGG", "HGG"]
+TIE_TO_LATER = -1e-9
 
 
 @torch.no_grad()
@@ -105,7 +106,10 @@ def train(
         }
 
     monitor = params["monitor"]
-    cfg = FitConfig(epochs=int(params["epochs"]), monitor=monitor, mode=MONITOR_MODE[monitor], patience=int(params["patience"]), seed=seed, bf16=bf16)
+    # A patient-level AUC over few validation patients is coarse and often saturates at 1.0 after an
+    # epoch or two; a slightly negative min_delta hands exact ties to the later, better-trained epoch.
+    cfg = FitConfig(epochs=int(params["epochs"]), monitor=monitor, mode=MONITOR_MODE[monitor], patience=int(params["patience"]),
+                    min_delta=TIE_TO_LATER, seed=seed, bf16=bf16)
     meta = {
         "arch": "resnet18",
         "in_channels": 4,

@@ -34,7 +34,7 @@ def discover(root: str | os.PathLike, check_pixels: bool = True) -> pd.DataFrame
     """One row per image: id (file stem), path (relative to ``root``), folder, label, patient, n,
     width, height (pixels), mode (PIL mode). Sorted by folder, label, id.
 
-    ``check_pixels`` decodes every image (catches truncated files; about 1 ms per real image),
+    ``check_pixels`` decodes every image (catches truncated files),
     otherwise only the header is read.
     """
     root = Path(root)

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 from torch.utils.data import DataLoader
 
 from medflow import io
+from medflow.errors import InputError
 from medflow.evaluation.classification import plot_confusion
 from medflow.oct.data import OctImages, eval_transform
 from medflow.oct.train import load_model, predict_log_proba, split_table
@@ -78,7 +79,7 @@ def evaluate(
     classes = list(meta["classes"])
     table, c2i = split_table(split_path, "test")
     if c2i != meta["class_to_idx"]:
-        raise ValueError(f"{split_path}: classes {c2i} differ from the model's {meta['class_to_idx']}")
+        raise InputError(split_path, f"classes {c2i} differ from the model's {meta['class_to_idx']}")
     model = load_model(ckpt).to(device)
     ds = OctImages(raw_root, table, c2i, eval_transform(int(meta["image_size"]), int(meta["resize"])))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **loader_kwargs(device, threads))

@@ -14,14 +14,10 @@ Where it goes (``head``):
 
 from __future__ import annotations
 
-import logging
-
 from torch import nn
 from torchvision import models
 
 from medflow.train.pretrained import imagenet_state_dict
-
-log = logging.getLogger(__name__)
 
 HEADS = ("classifier", "last_layer")
 
