@@ -1,7 +1,7 @@
 """Peak memory of one stacking job and one patch-sampling job on a real-size (240 x 240 x 155) case.
 
 Each job runs in a fresh Python process exactly as its workflow script calls the library
-(``stack_case``, ``sample_case``); the peak resident set size (``ru_maxrss``) of that process is
+(``stack_case``, ``sample_case``); the peak resident set size (``VmHWM``) of that process is
 printed, next to a process that only imports the same modules. Target: under 2 GB per job.
 
 Run by hand, never in CI:
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 from medflow.preprocess.stack import StackParams, stack_case
 from medflow.preprocess.patches import PatchParams, sample_case
 job, work = sys.argv[1], sys.argv[2]
@@ -30,7 +30,8 @@ if job == "stack":
 elif job == "patches":
     n = sample_case(f"{work}/stack.h5", f"{work}/patches.h5", PatchParams(**cfg["patches"]), seed=42)
     assert n == cfg["patches"]["n_patches"], n
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM: this process's own peak (ru_maxrss would include the parent's size at fork time).
+print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1024)
 """
 
 

@@ -2,19 +2,26 @@
 
 Measured in one run, so the ratios hold on a noisy shared machine:
 
-- ``in-memory``: training steps on tensors already in memory: the model's compute alone (baseline);
-- ``streamed``: the same steps fed by ``PatchDataset`` + ``DataLoader`` from a patch HDF5 file in the
-  preprocessing stage's format (lzf, one patch per chunk): ratio streamed / in-memory shows what
-  reading from disk costs;
-- on CUDA also ``bf16``: the streamed steps under bf16 autocast (what ``fit`` uses there), ratio to fp32;
+- ``in-memory, contiguous``: training steps of the plain model on tensors already in memory (baseline);
+- ``in-memory, channels-last``: the same with channels-last 3D weights, as ``train_unet3d`` trains;
+- ``streamed``: channels-last steps fed by ``PatchDataset`` + ``DataLoader`` (workers from
+  ``--threads``) from a patch HDF5 file in the preprocessing stage's format (lzf, one patch per
+  chunk): what the rule does, reading from disk included;
+- on CUDA also ``streamed, bf16``: under bf16 autocast, as ``fit`` runs there;
 - with ``--inference``: seconds of sliding-window inference over one real-size volume (4, 155, 240, 240).
 
 Run by hand, never in CI:
-    python benchmarks/bench_unet3d.py                        # demo model (config/config.yaml)
+    python benchmarks/bench_unet3d.py                        # the demo model (config/config.yaml)
     python benchmarks/bench_unet3d.py --preset tutorial      # depth 4, 32 filters, 16x160x160 patches
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+import os
+
+# As the workflow's training jobs: idle OpenMP threads sleep (must be set before torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import tempfile
@@ -29,13 +36,13 @@ from torch.utils.data import DataLoader
 from medflow.segmentation.data import PatchDataset
 from medflow.segmentation.inference import sliding_window
 from medflow.segmentation.loss import soft_dice_loss
-from medflow.segmentation.unet3d import UNet3D
+from medflow.segmentation.training import UNetParams, make_model
 from medflow.train import autocast, loader_kwargs, select_device, to_device
 
 PRESETS = {
-    # config/config.yaml's demo model on the demo's patches
+    # config/config.yaml's demo model on the demo's patches (brats.patches.patch_size)
     "demo": {"depth": 3, "base_filters": 4, "patch": (16, 48, 48), "batch_size": 4},
-    # the tutorial's model and patch size (channels-first Z, Y, X of its 160 x 160 x 16)
+    # the tutorial's model on its 160 x 160 x 16 patches, (Z, Y, X) here
     "tutorial": {"depth": 4, "base_filters": 32, "patch": (16, 160, 160), "batch_size": 2},
 }
 
@@ -54,7 +61,7 @@ def write_patches(path: Path, n: int, patch, seed: int = 0) -> None:
 def train_rate(model, batches, device, bf16: bool, warmup: int = 1) -> float:
     """Patches per second over ``batches`` (an iterable of (image, label)), after ``warmup`` steps."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
+    model.to(device).train()
     n, start = 0, None
     for i, batch in enumerate(batches):
         if i == warmup:
@@ -77,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per measurement")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU, loader workers = threads - 1")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU; loader workers = threads - 1")
     ap.add_argument("--device", choices=["auto", "cpu"], default="auto")
     ap.add_argument("--inference", action="store_true", help="also time sliding-window inference over a real-size volume")
     ap.add_argument("--overlap", type=float, default=0.5, help="window overlap of the inference timing")
@@ -85,32 +92,34 @@ def main() -> None:
     p = PRESETS[args.preset]
     device = select_device(args.threads, prefer=args.device)
     bs, patch = p["batch_size"], p["patch"]
-    n = bs * (args.steps + 1)
+    params = UNetParams(depth=p["depth"], base_filters=p["base_filters"])
     print(f"device {device} | preset {args.preset}: depth {p['depth']}, base filters {p['base_filters']}, "
-          f"patch {patch} (Z, Y, X), batch {bs}, {args.steps} timed steps, threads {args.threads}")
+          f"patch {patch} (Z, Y, X), batch {bs}, {args.steps} timed steps, threads {args.threads}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
 
-    def model():
+    def model(channels_last=True):
         torch.manual_seed(0)
-        return UNet3D(depth=p["depth"], base_filters=p["base_filters"]).to(device)
+        return make_model(params, channels_last=channels_last)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "patches.h5"
-        write_patches(path, n, patch)
+        write_patches(path, bs * (args.steps + 1), patch)
         ds = PatchDataset([path])
         memory = [tuple(t.to(device) for t in b) for b in DataLoader(ds, batch_size=bs)]
-        rows = [("in-memory fp32 (baseline)", train_rate(model(), memory, device, bf16=False))]
+        rows = [("in-memory, contiguous (baseline)", train_rate(model(False), memory, device, bf16=False)),
+                ("in-memory, channels-last", train_rate(model(), memory, device, bf16=False))]
         loader = DataLoader(ds, batch_size=bs, shuffle=True, **loader_kwargs(device, args.threads))
-        rows.append(("streamed from HDF5 fp32", train_rate(model(), loader, device, bf16=False)))
+        rows.append(("streamed from HDF5, channels-last", train_rate(model(), loader, device, bf16=False)))
         if device.type == "cuda":
-            rows.append(("streamed from HDF5 bf16", train_rate(model(), loader, device, bf16=True)))
+            rows.append(("streamed from HDF5, bf16", train_rate(model(), loader, device, bf16=True)))
         ds.close()
     base = rows[0][1]
-    print(f"{'training':32s} {'patches/s':>10s} {'ratio':>7s}")
+    print(f"{'training':36s} {'patches/s':>10s} {'ratio':>7s}")
     for name, rate in rows:
-        print(f"{name:32s} {rate:10.2f} {rate / base:7.2f}")
+        print(f"{name:36s} {rate:10.2f} {rate / base:7.2f}")
 
     if args.inference:
-        m = model().eval()
+        m = model().to(device).eval()
         volume = np.random.default_rng(1).standard_normal((4, 155, 240, 240), dtype=np.float32)
         start = time.perf_counter()
         sliding_window(m, volume, patch, overlap=args.overlap, batch_size=bs, device=device, bf16=True)

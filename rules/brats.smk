@@ -193,6 +193,8 @@ rule train_unet3d:
         f"{LOGS}/train_unet3d.log",
     benchmark:
         f"{BENCH}/train_unet3d.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/train_unet3d.py"
 
@@ -229,6 +231,8 @@ rule evaluate_unet3d:
         f"{LOGS}/evaluate_unet3d.log",
     benchmark:
         f"{BENCH}/evaluate_unet3d.tsv"
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/evaluate_unet3d.py"
 

@@ -42,3 +42,15 @@ def test_dataset_resizes_and_collate_packs(tmp_path):
     assert batch["slices"].shape == (6, 64, 64)
     assert batch["counts"].tolist() == [4, 2] and batch["label"].tolist() == [1.0, 0.0]
     assert int(batch["slices"][5, 0, 0]) == 10, "exams are concatenated in order"
+
+
+def test_resize_averages_when_shrinking():
+    from medflow.mrnet.data import resize
+
+    exam = torch.zeros(2, 256, 256, dtype=torch.uint8)
+    exam[:, :128] = 200
+    exam[1, 128:132, :4] = 255  # one 4x4 block -> one output pixel at 64 px
+    out = resize(exam, 64)
+    assert out.shape == (2, 64, 64) and out.dtype == torch.uint8
+    assert int(out[0, 0, 0]) == 200 and int(out[0, 63, 63]) == 0 and int(out[1, 32, 0]) == 255
+    assert resize(exam, 300).shape == (2, 300, 300)

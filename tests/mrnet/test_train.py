@@ -78,3 +78,18 @@ def test_stacking_run_is_linked_to_the_plane_runs(pipeline):
     assert run.data.tags["training_run_id.sagittal.fold_0"] == pipeline["summaries"]["0"]["mlflow_run_id"]
     assert "valid_auc_stacked" in run.data.metrics
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics", "plots", "stacker", "predictions"}
+
+
+def test_rank_auc_equals_scikit_learn():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from medflow.mrnet.train import rank_auc
+
+    rng = np.random.default_rng(0)
+    for n in (5, 40, 300):
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        p = np.round(rng.random(n), 1)  # many ties
+        assert rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert np.isnan(rank_auc([1, 1], [0.2, 0.4]))

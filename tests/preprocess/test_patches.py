@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from medflow.preprocess.patches import (PatchParams, accepted_origins, case_rng, one_hot, sample_case,
-                                        sample_origins, standardize)
+from medflow.preprocess.patches import (PatchParams, accepted_origins, case_rng, max_background_voxels, one_hot,
+                                        sample_case, sample_origins, standardize)
 
 CASE = "BraTS20_Training_011"
 
@@ -49,6 +49,12 @@ def test_accepted_origins_are_exactly_the_tutorial_rule(threshold):
     assert n_candidates == 10 * 13 * 13
     assert [tuple(o) for o in acc] == expected
     assert 0 < len(expected) < n_candidates
+
+
+def test_background_rule_as_an_integer_bound():
+    # 389120 / 409600 is 0.95 exactly: not below the threshold, so at most 389119 background voxels.
+    assert max_background_voxels(16 * 160 * 160, 0.95) == 389119
+    assert max_background_voxels(10, 1.0) == 9 and max_background_voxels(10, 0.05) == 0
 
 
 def test_sampled_origins_are_distinct_accepted_and_deterministic():

@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from medflow.preprocess.patches import standardize
+
 ORIGINAL_ZYX = (20, 24, 24)  # raw volume; the stacks keep slices [2, 18)
 KEPT = (2, 18)
 SPACING_ZYX = (2.0, 1.0, 1.0)
@@ -20,14 +22,6 @@ def affine_for(spacing_zyx=SPACING_ZYX):
     a = np.diag([-spacing_zyx[2], -spacing_zyx[1], spacing_zyx[0], 1.0])
     a[:3, 3] = (10.0, 20.0, -5.0)
     return a
-
-
-def standardise(image):
-    """Per channel and per axial slice to mean 0 / sd 1, sd 0 left unscaled (the tutorial's rule)."""
-    image = np.asarray(image, dtype=np.float32)
-    mean = image.mean(axis=(-2, -1), keepdims=True)
-    sd = image.std(axis=(-2, -1), keepdims=True)
-    return np.where(sd > 0, (image - mean) / np.where(sd > 0, sd, 1), image - mean).astype(np.float32)
 
 
 def make_case(seed, shape=ORIGINAL_ZYX):
@@ -71,15 +65,15 @@ def write_stack(path, case, image, label):
 
 
 def write_patches(path, image, label, n, seed, patch=PATCH):
-    """Patches of the kept slices: standardised image (N, 4, *patch), one-hot label (N, 3, *patch)."""
+    """Patches of the kept slices: image (N, 4, *patch) standardised patch by patch with the
+    preprocessing stage's function, one-hot label (N, 3, *patch)."""
     image, label = image[:, KEPT[0] : KEPT[1]], label[KEPT[0] : KEPT[1]]
     rng = np.random.default_rng(seed)
-    std = standardise(image)
     imgs, labs, origins = [], [], []
     for _ in range(n):
         o = [int(rng.integers(0, s - p + 1)) for s, p in zip(label.shape, patch)]
         box = tuple(slice(a, a + p) for a, p in zip(o, patch))
-        imgs.append(std[(slice(None), *box)])
+        imgs.append(standardize(image[(slice(None), *box)]))
         labs.append(np.stack([label[box] == k for k in (1, 2, 3)]).astype(np.uint8))
         origins.append(o)
     with h5py.File(path, "w") as f:

@@ -13,10 +13,11 @@ import torch
 
 from medflow import tracking
 from medflow.segmentation import metrics, regions
-from medflow.segmentation.evaluation import EvalParams, evaluate_unet3d
+from medflow.preprocess.patches import PatchParams, sample_case, standardize
+from medflow.segmentation.evaluation import EvalParams, evaluate_unet3d, predict_case
 from medflow.segmentation.training import UNetParams, train_unet3d
 from medflow.train import load_checkpoint
-from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for, standardise
+from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for, make_case, write_stack
 
 CPU = torch.device("cpu")
 
@@ -35,7 +36,7 @@ def evaluated(dataset, tmp_path_factory):
         result = evaluate_unet3d(out / "unet3d.pt", dataset["stacks"], dataset["split"], metrics_json=out / "metrics.json",
                                  per_case_csv=out / "per_case.csv", predictions_dir=out / "predictions",
                                  overlays_dir=out / "overlays", params=EvalParams(overlap=0.5, n_overlays=1),
-                                 device=CPU, standardise=standardise)
+                                 device=CPU)
     finally:
         mp.undo()
     return {"out": out, "uri": uri, "result": result}
@@ -91,3 +92,35 @@ def test_mlflow_evaluation_run_is_linked_to_the_training_run(evaluated):
     assert ev.data.tags["snakemake_rule"] == "evaluate_unet3d"
     arts = {a.path for a in client.list_artifacts(ev.info.run_id)}
     assert {"metrics.json", "per_case.csv", "overlays"} <= arts
+
+
+class Recorder(torch.nn.Module):
+    """Records what the network is fed; predicts nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        return torch.zeros(len(x), 3, *x.shape[2:]) + self.w
+
+
+def test_windows_get_the_standardisation_the_training_patches_got(tmp_path):
+    """A window at a patch's place is fed to the network exactly as the patch sampler wrote the patch."""
+    image, label = make_case(0)
+    write_stack(tmp_path / "stack.h5", "BraTS20_Training_001", image, label)
+    stacked = image[:, KEPT[0] : KEPT[1]]
+    size = list(stacked.shape[1:])  # one patch = the whole stacked volume = one window
+    assert sample_case(tmp_path / "stack.h5", tmp_path / "patches.h5", PatchParams(patch_size=size, n_patches=1), seed=0) == 1
+    with h5py.File(tmp_path / "patches.h5") as f:
+        patch = f["image"][0]
+    model = Recorder()
+    predict_case(model, stacked, size, EvalParams(standardise="window"), CPU, bf16=False, standardize=standardize)
+    assert len(model.inputs) == 1
+    np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
+    # 'volume' standardises the whole volume's slices once, then cuts windows: here the same window.
+    model.inputs.clear()
+    predict_case(model, stacked, size, EvalParams(standardise="volume"), CPU, bf16=False, standardize=standardize)
+    np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)

@@ -64,3 +64,13 @@ def test_prediction_overlays_on_the_raw_nifti(tmp_path):
     assert np.array_equal(np.asarray(pred.dataobj), raw_xyz)
     np.testing.assert_allclose(pred.affine, affine)
     assert pred.header.get_zooms() == pytest.approx((1.0, 1.0, 2.0))
+
+
+def test_transform_is_applied_to_every_window():
+    model = Pointwise().eval()
+    image = np.random.default_rng(1).standard_normal((4, 10, 20, 20)).astype(np.float32)
+    probs = inference.sliding_window(model, image, (8, 16, 16), overlap=0.25, transform=lambda w: 2 * w + 1,
+                                     device=torch.device("cpu"))
+    with torch.no_grad():
+        direct = model(torch.from_numpy(2 * image + 1)[None])[0].numpy()
+    np.testing.assert_allclose(probs, direct, atol=1e-5)

@@ -14,8 +14,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as TF
 
 from medflow.errors import InputError
 from medflow.ingest.mrnet import IN_PLANE, npy_path
@@ -45,10 +45,21 @@ class ExamDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, float]:
         exam = torch.from_numpy(load_series(self.paths[i]))
         if exam.shape[-1] != self.size or exam.shape[-2] != self.size:
-            exam = TF.resize(exam, [self.size, self.size], antialias=True)
+            exam = resize(exam, self.size)
         if self.augment is not None:
             exam = self.augment(exam)
         return exam, self.labels[i]
+
+
+def resize(exam: torch.Tensor, size: int) -> torch.Tensor:
+    """(S, H, W) uint8 -> (S, size, size) uint8. Shrinking averages the pixels each output pixel covers
+    (area interpolation: no aliasing, and cheap for the integer factors of 256); enlarging is bilinear."""
+    x = exam.unsqueeze(0).float()
+    if size < min(exam.shape[-2:]):
+        x = F.interpolate(x, size=(size, size), mode="area")
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 def load_series(path: Path) -> np.ndarray:

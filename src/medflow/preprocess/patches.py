@@ -2,9 +2,9 @@
 
 The tutorial draws a random origin, one-hot encodes the label patch (``to_categorical``) and keeps
 the patch if its background fraction (label 0) is below ``background_threshold``, up to 1000 tries.
-Here the foreground (label > 0) count of *every* candidate origin is computed at once from a
-summed-area table of the foreground's bounding box, and N origins are drawn without replacement
-from the accepted ones. Uniform proposals followed by rejection are uniform over the accepted
+Here the foreground (label > 0) counts of all candidate origins are computed at once from a
+summed-area table of the foreground's bounding box (``origin_table``), and N origins are drawn
+without replacement from the acceptable ones. Uniform proposals followed by rejection are uniform over the accepted
 origins, so this samples from the same distribution as the tutorial, only without duplicates, and it
 finds a patch whenever one exists. Deterministic from ``(seed, case id)``.
 
@@ -53,87 +53,152 @@ def case_rng(seed: int, case: str) -> np.random.Generator:
 def standardize(image: np.ndarray) -> np.ndarray:
     """Per channel and per axial slice to mean 0 / sd 1 (population sd); a slice with sd 0 is only
     centred. ``image`` is (..., Z, Y, X), e.g. (4, Z, Y, X) or (N, 4, pz, py, px): every (Y, X) slice
-    is standardised on its own, exactly as the tutorial's loop over channels and slices. float32 out."""
+    is standardised on its own, exactly the tutorial's loop over channels and slices, in float32 as
+    the tutorial computed on float32 images. float32 out, same shape."""
     image = np.asarray(image)
     out = np.empty(image.shape, np.float32)
-    lead = image.shape[:-3]
-    for idx in np.ndindex(*lead):  # one channel at a time keeps the float64 work small
-        x = image[idx].astype(np.float64)
-        centred = x - x.mean(axis=(-2, -1), keepdims=True)
-        sd = centred.std(axis=(-2, -1), keepdims=True)
-        out[idx] = centred / np.where(sd != 0, sd, 1.0)
+    for idx in np.ndindex(*image.shape[:-3]):  # one channel at a time keeps temporaries small
+        x = out[idx]
+        np.subtract(image[idx], image[idx].mean(axis=(-2, -1), keepdims=True, dtype=np.float32), out=x, dtype=np.float32)
+        sd = np.sqrt(np.square(x).mean(axis=(-2, -1), keepdims=True))
+        x /= np.where(sd != 0, sd, np.float32(1))
     return out
 
 
 def one_hot(label: np.ndarray) -> np.ndarray:
     """Stored label map (...) -> uint8 (3, ...) for labels 1, 2, 3 (no background channel)."""
-    return np.stack([label == k for k in STORED_LABELS]).astype(np.uint8)
+    label = np.asarray(label)
+    channels = np.array(STORED_LABELS, label.dtype).reshape((-1,) + (1,) * label.ndim)
+    return (label[None] == channels).view(np.uint8)
 
 
-def _bbox(mask: np.ndarray) -> list[tuple[int, int]] | None:
-    """[start, stop) of the True voxels along each axis, or None if there are none."""
-    out = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=others))
-        if idx.size == 0:
-            return None
-        out.append((int(idx[0]), int(idx[-1]) + 1))
-    return out
+def _foreground_box(label: np.ndarray) -> list[tuple[int, int]] | None:
+    """[start, stop) of the nonzero voxels along each axis of a (Z, Y, X) label, or None if none.
+    One pass over the volume (a max per slice), then a max projection of the foreground slab."""
+    z = np.flatnonzero(label.reshape(label.shape[0], -1).max(axis=1))
+    if z.size == 0:
+        return None
+    plane = label[z[0] : z[-1] + 1].max(axis=0)  # (Y, X)
+    y, x = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
+    return [(int(z[0]), int(z[-1]) + 1), (int(y[0]), int(y[-1]) + 1), (int(x[0]), int(x[-1]) + 1)]
+
+
+def max_background_voxels(volume: int, background_threshold: float) -> int:
+    """Largest background voxel count b with ``b / volume < background_threshold`` (the tutorial's
+    test in float64), so the rule becomes an exact integer comparison; -1 if none passes."""
+    b = min(volume, int(np.floor(background_threshold * volume)))
+    while b >= 0 and not (b / volume < background_threshold):
+        b -= 1
+    while b + 1 <= volume and (b + 1) / volume < background_threshold:
+        b += 1
+    return b
+
+
+@dataclass
+class OriginTable:
+    """The acceptable patch origins of one case, in boxes.
+
+    Along each axis, consecutive origins whose patches cover the same part of the foreground's
+    bounding box form a run; every origin of a (z-run, y-run, x-run) cell has the same foreground
+    count, so acceptance is decided per cell. ``starts``/``sizes``: per axis, first origin and length
+    of each run; ``cells`` (K, 3): run indices of the acceptable cells; ``weights`` (K,): origins per cell.
+    """
+
+    starts: list[np.ndarray]
+    sizes: list[np.ndarray]
+    cells: np.ndarray
+    weights: np.ndarray
+    n_candidates: int
+
+    @property
+    def n_accepted(self) -> int:
+        return int(self.weights.sum())
+
+    def origins_of(self, flat: np.ndarray) -> np.ndarray:
+        """(k, 3) origins (z, y, x) of acceptable-origin numbers in [0, n_accepted)."""
+        flat = np.asarray(flat, np.int64)
+        ends = np.cumsum(self.weights)
+        cell = np.searchsorted(ends, flat, side="right")
+        offset = flat - (ends[cell] - self.weights[cell])
+        out = np.empty((len(flat), 3), np.int64)
+        for axis in (2, 1, 0):  # unravel the offset inside the cell, C order
+            run = self.cells[cell, axis]
+            size = self.sizes[axis][run]
+            out[:, axis] = self.starts[axis][run] + offset % size
+            offset = offset // size
+        return out
+
+    def all_origins(self) -> np.ndarray:
+        """Every acceptable origin, (M, 3), sorted (z, y, x)."""
+        out = self.origins_of(np.arange(self.n_accepted))
+        return out[np.lexsort(out.T[::-1])] if len(out) else out
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Up to ``n`` distinct acceptable origins (k, 3), uniformly without replacement."""
+        k = min(int(n), self.n_accepted)
+        return self.origins_of(rng.choice(self.n_accepted, size=k, replace=False) if k else np.zeros(0, np.int64))
+
+
+def origin_table(label: np.ndarray, patch_size: Sequence[int], background_threshold: float) -> OriginTable:
+    """Which origins (z, y, x) of a (Z, Y, X) stored label pass the tutorial's rule: background
+    (label 0) fraction of the patch ``< background_threshold``.
+
+    Cost: one pass over the label for the foreground's bounding box, then prefix sums over that box
+    read at the grid of runs, never one value per origin.
+    """
+    label = np.asarray(label)
+    patch = [int(p) for p in patch_size]
+    n_origins = [s - p + 1 for s, p in zip(label.shape, patch)]
+    empty = OriginTable([np.zeros(0, np.int64)] * 3, [np.ones(0, np.int64)] * 3, np.zeros((0, 3), np.int64),
+                        np.zeros(0, np.int64), max(0, int(np.prod(n_origins))) if min(n_origins) > 0 else 0)
+    volume = int(np.prod(patch))
+    need = volume - max_background_voxels(volume, background_threshold)  # foreground voxels required
+    box = _foreground_box(label) if min(n_origins) > 0 else None
+    if box is None or need > volume:
+        return empty
+    fg = label[tuple(slice(a, b) for a, b in box)] != 0
+    starts, sizes, lo, hi = [], [], [], []
+    for (a, b), p, n in zip(box, patch, n_origins):
+        # Origins whose patch touches the box; the others hold only background.
+        o = np.arange(max(0, a - p + 1), min(n - 1, b - 1) + 1)
+        o_lo, o_hi = np.clip(o - a, 0, b - a), np.clip(o + p - a, 0, b - a)
+        first = np.concatenate([[0], np.flatnonzero((np.diff(o_lo) != 0) | (np.diff(o_hi) != 0)) + 1])
+        starts.append(o[first])
+        sizes.append(np.diff(np.concatenate([first, [len(o)]])))
+        lo.append(o_lo[first])
+        hi.append(o_hi[first])
+    # Box sums one axis at a time: a prefix sum along the axis, read at the runs' window ends, so
+    # each step works on a smaller array (a separable summed-area table); most shrinking axis first.
+    count = fg
+    for axis in sorted(range(3), key=lambda a: len(lo[a]) / fg.shape[a]):
+        shape = list(count.shape)
+        shape[axis] += 1
+        prefix = np.zeros(shape, np.int32)
+        np.cumsum(count, axis=axis, dtype=np.int32, out=prefix[(slice(None),) * axis + (slice(1, None),)])
+        count = np.take(prefix, hi[axis], axis=axis) - np.take(prefix, lo[axis], axis=axis)
+    cells = np.argwhere(count >= need).astype(np.int64)
+    weights = sizes[0][cells[:, 0]] * sizes[1][cells[:, 1]] * sizes[2][cells[:, 2]]
+    return OriginTable(starts, sizes, cells, weights.astype(np.int64), empty.n_candidates)
 
 
 def accepted_origins(label: np.ndarray, patch_size: Sequence[int], background_threshold: float) -> tuple[np.ndarray, int]:
-    """Every origin (z, y, x) whose patch passes the tutorial's rule ``background fraction <
-    background_threshold`` (background = label 0), as an (M, 3) int64 array in C order, and the
-    number of candidate origins (what uniform proposals would draw from).
-
-    Cost: one pass over the label plus a summed-area table of the foreground's bounding box.
-    """
-    label = np.asarray(label)
-    patch = tuple(int(p) for p in patch_size)
-    n_origins = [s - p + 1 for s, p in zip(label.shape, patch)]
-    if min(n_origins) <= 0:
-        return np.zeros((0, 3), np.int64), 0
-    n_candidates = int(np.prod(n_origins))
-    fg = label != 0
-    box = _bbox(fg)
-    volume = int(np.prod(patch))
-    if box is None:
-        return np.zeros((0, 3), np.int64), n_candidates
-    crop = fg[tuple(slice(a, b) for a, b in box)].astype(np.int32)
-    sat = np.zeros(tuple(s + 1 for s in crop.shape), np.int64)  # summed-area table, zero-padded
-    sat[1:, 1:, 1:] = crop.cumsum(0).cumsum(1).cumsum(2)
-    # Origins whose patch can touch the foreground box; all others hold only background.
-    first = [max(0, a - p + 1) for (a, _), p in zip(box, patch)]
-    last = [min(n - 1, b - 1) for (_, b), n in zip(box, n_origins)]
-    lo, hi = [], []
-    for (a, b), p, f, l in zip(box, patch, first, last):
-        o = np.arange(f, l + 1)
-        lo.append(np.clip(o - a, 0, b - a))
-        hi.append(np.clip(o + p - a, 0, b - a))
-    count = np.zeros((len(lo[0]), len(lo[1]), len(lo[2])), np.int64)
-    for corner in np.ndindex(2, 2, 2):  # inclusion-exclusion over the 8 corners of each box
-        ix = np.ix_(*(hi[d] if c else lo[d] for d, c in enumerate(corner)))
-        count += sat[ix] if (3 - sum(corner)) % 2 == 0 else -sat[ix]
-    background = (volume - count) / volume  # the tutorial's sum(one_hot[..., 0]) / patch volume
-    accepted = np.argwhere(background < background_threshold).astype(np.int64)
-    return accepted + np.array(first, np.int64), n_candidates
+    """Every acceptable origin (M, 3) (z, y, x), sorted, and the number of candidate origins."""
+    table = origin_table(label, patch_size, background_threshold)
+    return table.all_origins(), table.n_candidates
 
 
 def sample_origins(label: np.ndarray, patch_size: Sequence[int], n: int, background_threshold: float,
                    rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Up to ``n`` distinct accepted origins (k, 3) (z, y, x), drawn uniformly, and how many were acceptable."""
-    accepted, _ = accepted_origins(label, patch_size, background_threshold)
-    k = min(int(n), len(accepted))
-    pick = rng.choice(len(accepted), size=k, replace=False) if k else np.zeros(0, np.int64)
-    return accepted[pick], len(accepted)
+    """Up to ``n`` distinct acceptable origins (k, 3) (z, y, x), drawn uniformly, and how many were acceptable."""
+    table = origin_table(label, patch_size, background_threshold)
+    return table.draw(n, rng), table.n_accepted
 
 
 def extract(image, label: np.ndarray, origin: Sequence[int], patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(image (4, pz, py, px) as stored, one-hot label (3, pz, py, px)) at ``origin``. ``image`` may be
     an h5py dataset: only the chunks under the patch are read."""
     box = tuple(slice(int(o), int(o) + int(p)) for o, p in zip(origin, patch_size))
-    return np.asarray(image[(slice(None), *box)], dtype=np.float32), one_hot(label[box])
+    return np.ascontiguousarray(image[(slice(None), *box)], dtype=np.float32), one_hot(label[box])
 
 
 def sample_case(stack_path: str | os.PathLike, out_path: str | os.PathLike, params: PatchParams, seed: int) -> int:
@@ -149,7 +214,8 @@ def sample_case(stack_path: str | os.PathLike, out_path: str | os.PathLike, para
 
     patch = [int(p) for p in params.patch_size]
     try:
-        src = h5py.File(stack_path, "r")
+        # A chunk cache of 64 MiB: overlapping patches reuse decompressed chunks.
+        src = h5py.File(stack_path, "r", rdcc_nbytes=64 * 2**20, rdcc_nslots=10007)
     except OSError as exc:
         raise InputError(stack_path, f"cannot open as HDF5 ({exc})") from None
     with src:

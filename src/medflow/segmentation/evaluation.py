@@ -1,7 +1,9 @@
 """Full-volume evaluation of a trained U-Net on the held-out (``test``) cases.
 
-For each test case: standardise the stacked volume exactly as the patches were, predict with
-sliding windows, turn probabilities into a stored label map, score Dice/HD95 of the BraTS regions
+For each test case: predict with sliding windows over the whole stacked volume, each window
+standardised per channel and per axial slice exactly as the training patches were (``standardise:
+window``; or the whole volume's slices at once, ``standardise: volume``), turn probabilities into a
+stored label map, score Dice/HD95 of the BraTS regions
 and labels against the stacked label, and write the prediction (BraTS labels 0, 1, 2, 4) as NIfTI
 in the raw images' geometry. Two trivial predictors are scored on the same cases for reference:
 ``all_background`` (nothing predicted) and ``all_foreground_in_brain`` (every brain voxel, i.e. every
@@ -43,6 +45,7 @@ class EvalParams:
     """``brats.segmentation.evaluate_unet3d`` in config (the threshold comes from training's config)."""
 
     overlap: float = 0.5
+    standardise: str = "window"
     batch_size: int = 2
     blend: str = "gaussian"
     threshold: float = 0.5
@@ -55,16 +58,27 @@ def baseline_predictions(image: np.ndarray) -> dict[str, np.ndarray]:
     return {"all_background": np.zeros(brain.shape, np.uint8), "all_foreground_in_brain": np.where(brain, 3, 0).astype(np.uint8)}
 
 
+STANDARDISE = ("window", "volume")
+
+
 def predict_case(model, image: np.ndarray, window: Sequence[int], params: EvalParams, device, bf16: bool,
-                 standardise: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Stored label map (Z, Y, X) uint8 of one stacked (4, Z, Y, X) image."""
-    x = np.asarray(standardise(image), dtype=np.float32)
+                 standardize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Stored label map (Z, Y, X) uint8 of one stacked (4, Z, Y, X) image (as stored, not normalised).
+
+    ``standardize`` is the patches' per-channel, per-slice standardisation, applied to every window
+    (``params.standardise == "window"``: what each training patch got) or once to the whole volume.
+    """
+    if params.standardise not in STANDARDISE:
+        raise ValueError(f"standardise must be one of {STANDARDISE}, got {params.standardise!r}")
+    per_window = params.standardise == "window"
+    x = image if per_window else standardize(image)
     probs = inference.sliding_window(model, x, window, overlap=params.overlap, batch_size=params.batch_size,
-                                     blend=params.blend, device=device, bf16=bf16)
+                                     blend=params.blend, device=device, bf16=bf16,
+                                     transform=standardize if per_window else None)
     return regions.probabilities_to_labels(probs, params.threshold)
 
 
-def _default_standardise():
+def _patch_standardize():
     # The exact per-channel, per-slice standardisation the patch sampler applied to training patches.
     from medflow.preprocess.patches import standardize
 
@@ -83,12 +97,15 @@ def evaluate_unet3d(
     params: EvalParams,
     device: torch.device,
     bf16: bool = True,
-    standardise: Callable[[np.ndarray], np.ndarray] | None = None,
+    standardize: Callable[[np.ndarray], np.ndarray] | None = None,
     track: bool = True,
     rule: str | None = "evaluate_unet3d",
 ) -> dict:
-    """Evaluate ``checkpoint`` on the split's ``test`` cases; write every output; return the metrics dict."""
-    standardise = standardise or _default_standardise()
+    """Evaluate ``checkpoint`` on the split's ``test`` cases; write every output; return the metrics dict.
+
+    ``standardize`` defaults to ``medflow.preprocess.patches.standardize`` (tests pass their own).
+    """
+    standardize = standardize or _patch_standardize()
     split = read_split(split_csv)
     cases = sorted(ids_in(split, "test"))
     if not cases:
@@ -113,7 +130,7 @@ def evaluate_unet3d(
         for case in cases:  # one case in memory at a time
             start = time.perf_counter()
             stack = read_stack(stack_files[case])
-            pred = predict_case(model, stack.image, window, params, device, bf16, standardise)
+            pred = predict_case(model, stack.image, window, params, device, bf16, standardize)
             per_case[case] = case_metrics(pred, stack.label, stack.spacing_zyx)
             for name, base in baseline_predictions(stack.image).items():
                 per_baseline[name][case] = case_metrics(base, stack.label, stack.spacing_zyx, with_hd95=False)

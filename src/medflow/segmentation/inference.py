@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,12 +59,14 @@ def sliding_window(
     blend: str = "gaussian",
     device: torch.device | None = None,
     bf16: bool = True,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Probabilities (L, Z, Y, X) float32 of ``model`` over a whole volume ``image`` (C, Z, Y, X).
 
     Windows of size ``window`` (pz, py, px) overlap by ``overlap``; their outputs are averaged with
-    :func:`importance_map` weights. A volume smaller than the window along an axis is zero-padded
-    (zero is the mean of a standardised slice) and cropped back afterwards.
+    :func:`importance_map` weights. ``transform`` maps each batch of windows (B, C, pz, py, px)
+    before the model (e.g. the per-window standardisation the training patches got). A volume
+    smaller than the window along an axis is zero-padded and cropped back afterwards.
     """
     device = device or next(model.parameters()).device
     window = tuple(int(w) for w in window)
@@ -82,7 +84,10 @@ def sliding_window(
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         boxes = [tuple(slice(s, s + w) for s, w in zip(start, window)) for start in chunk]
-        batch = torch.from_numpy(np.stack([image[(slice(None), *b)] for b in boxes]).astype(np.float32))
+        windows = np.stack([image[(slice(None), *b)] for b in boxes])
+        if transform is not None:
+            windows = transform(windows)
+        batch = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         if device.type == "cuda":
             batch = batch.pin_memory()
         with autocast(device, bf16):

@@ -61,6 +61,15 @@ def split_cases(split_csv: str | os.PathLike, patch_files: Mapping[str, str]) ->
     return out
 
 
+def make_model(params: UNetParams, channels_last: bool = True) -> UNet3D:
+    """The U-Net of ``params`` (4 modalities in, 3 labels out). Channels-last 3D weights select
+    oneDNN's / cuDNN's faster convolution kernels (about 1.8x on the CPU for the demo model,
+    benchmarks/bench_unet3d.py); the values, and so the checkpoint, are the same."""
+    model = UNet3D(in_channels=4, n_labels=3, depth=params.depth, base_filters=params.base_filters,
+                   batch_norm=params.batch_norm, upsampling=params.upsampling)
+    return model.to(memory_format=torch.channels_last_3d) if channels_last else model
+
+
 def make_steps(params: UNetParams):
     """The ``train_step`` and ``evaluate`` callables ``fit`` needs."""
 
@@ -123,14 +132,10 @@ def train_unet3d(
              len(train_ds), len(cases["train"]), len(val_ds), len(cases["val"]), train_ds.patch_size)
 
     seed_everything(seed)  # weights start the same on every run with this seed
-    model = UNet3D(in_channels=4, n_labels=3, depth=params.depth, base_filters=params.base_filters,
-                   batch_norm=params.batch_norm, upsampling=params.upsampling)
+    model = make_model(params)
     bad = [s for s in train_ds.patch_size if s % model.divisor]
     if bad:
         raise InputError(patch_files[cases["train"][0]], f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; change the patch size or brats.segmentation.unet3d.depth")
-    # Channels-last 3D weights select oneDNN's / cuDNN's faster convolution kernels (about 1.8x on
-    # the CPU for the demo model); the values, and so the checkpoint, are the same.
-    model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     kw = loader_kwargs(device, threads)
     train_loader = DataLoader(train_ds, batch_size=params.batch_size, shuffle=True, **kw)
@@ -155,6 +160,7 @@ def train_unet3d(
     )
     train_ds.close()
     val_ds.close()
-    log.info("best val_dice %.4f at epoch %d%s", result.best_score or float("nan"), result.best_epoch,
+    best = float("nan") if result.best_score is None else result.best_score
+    log.info("best val_dice %.4f at epoch %d%s", best, result.best_epoch,
              " (stopped early)" if result.stopped_early else "")
     return result

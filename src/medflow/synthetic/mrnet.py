@@ -43,7 +43,7 @@ SLICE_RANGE = 0.65  # slices cover [-SLICE_RANGE, SLICE_RANGE] of their axis: th
 DEFAULTS: dict[str, Any] = {
     "n_train": 64,
     "n_valid": 40,
-    "slices": [6, 10],  # min and max slices per exam and plane (real data: about 17 to 61)
+    "slices": [5, 9],  # min and max slices per exam and plane (real data: about 17 to 61)
     "prevalence": {"abnormal": 0.8, "acl": 0.2, "meniscus": 0.35},
     "other_findings": 0.5,  # P(bone bruise or effusion as well) for ACL/meniscus positives
     "noise": 6.0,  # grey levels of the Rician noise
@@ -243,16 +243,16 @@ def make_knee(rng: np.random.Generator, labels: Mapping[str, int], other_finding
         if rng.random() < 0.5:  # bone bruise in a femoral condyle or the tibial plateau
             cx = (1 if rng.random() < 0.5 else -1) * 0.25
             cz = 0.22 if rng.random() < 0.5 else top - 0.18
-            shapes.append(Ellipsoid((cx + j(0.03), j(0.05), cz), (0.2, 0.2, 0.17), 160, texture=35))
+            shapes.append(Ellipsoid((cx + j(0.03), j(0.05), cz), (0.2, 0.2, 0.17), 150, texture=25))
         else:  # effusion distending the suprapatellar pouch
-            shapes.append(Ellipsoid((j(), 0.4 + j(), 0.45 + j()), (0.42, 0.13, 0.28), 185))
+            shapes.append(Ellipsoid((j(), 0.4 + j(), 0.45 + j()), (0.42, 0.13, 0.28), 175))
     if labels["acl"]:
-        shapes.append(Rod(acl[0], acl[1], 0.085, 200))
+        shapes.append(Rod(acl[0], acl[1], 0.085, 205))
         mid = tuple((np.asarray(acl[0]) + np.asarray(acl[1])) / 2 + rng.normal(0, 0.02, 3))
-        shapes.append(Ellipsoid(mid, (0.17, 0.17, 0.17), 235))
+        shapes.append(Ellipsoid(mid, (0.17, 0.17, 0.17), 240))
     if labels["meniscus"]:
         side = med if rng.random() < 0.7 else -med  # medial tears are the common ones
-        shapes.append(Ellipsoid((side * 0.27 + j(), -0.3 + j(), top + 0.06), (0.17, 0.12, 0.13), 215))
+        shapes.append(Ellipsoid((side * 0.27 + j(), -0.3 + j(), top + 0.06), (0.17, 0.12, 0.13), 225))
 
     k = rng.normal(0, 9.0, (4, 3))
     return Knee(shapes, offset=rng.normal(0, 0.03, 3), scale=float(rng.uniform(0.95, 1.05)), gain=float(rng.uniform(0.93, 1.07)),

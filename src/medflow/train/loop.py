@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ def fit(
     """
     checkpoint_path = Path(checkpoint_path)
     resume_path = Path(resume_path) if resume_path else checkpoint_path.with_name(checkpoint_path.name + ".resume")
+    # The best weights so far live beside the resume file until training ends: Snakemake deletes a
+    # failed job's outputs, so the declared checkpoint itself would not survive a kill.
+    best_path = resume_path.with_name(resume_path.name + ".best")
     fp = json.dumps(io.to_plain(dict(fingerprint or {})), sort_keys=True, default=str)
     model.to(device)
 
@@ -118,6 +122,8 @@ def fit(
             log.info("resuming from %s after epoch %d", resume_path, state["epoch"])
         else:
             log.warning("ignoring %s: it was written with other settings", resume_path)
+    if state["epoch"] == 0:
+        best_path.unlink(missing_ok=True)  # best weights of another run's settings
 
     def epoch_line(row: dict[str, float], seconds: float) -> str:
         vals = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
@@ -167,7 +173,7 @@ def fit(
                     scheduler.step()
             if _improved(score, state["best_score"], cfg.mode, cfg.min_delta):
                 state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-                _save_checkpoint(model, checkpoint_path, epoch, cfg, score, checkpoint_meta, run_id)
+                _save_checkpoint(model, best_path, epoch, cfg, score, checkpoint_meta, run_id)
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch
@@ -182,7 +188,10 @@ def fit(
                 log.info("early stop: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
                 stopped_early = True
 
-        if not checkpoint_path.exists():  # every epoch scored NaN: keep the last weights, say so
+        if best_path.exists():
+            checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(best_path, checkpoint_path)
+        elif not checkpoint_path.exists():  # every epoch scored NaN: keep the last weights, say so
             log.warning("no epoch improved %s; saving the last epoch", cfg.monitor)
             _save_checkpoint(model, checkpoint_path, state["epoch"], cfg, float("nan"), checkpoint_meta, run_id)
         if curves_path is not None:
