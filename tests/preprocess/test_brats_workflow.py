@@ -25,8 +25,7 @@ def targets():
 
 
 def test_broken_case_stops_alone_and_the_others_finish(tmp_path):
-    # Targets go after an option: the helper's --configfile list would take them as config files.
-    run_snakemake(tmp_path, "-p", "synthetic_brats")
+    run_snakemake(tmp_path, "synthetic_brats")
     t1 = tmp_path / RAW / BROKEN / f"{BROKEN}_t1.nii"
     t1.write_bytes(t1.read_bytes()[:-2000])  # a truncated download
 
