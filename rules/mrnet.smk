@@ -77,6 +77,7 @@ rule mrnet_evaluate:
         folds=MRNET_FOLDS,
         fit_on=config["mrnet"]["stacking"]["fit_on"],
         C=config["mrnet"]["stacking"]["C"],
+        class_weight=config["mrnet"]["stacking"]["class_weight"],
         seed=config["seed"],
     log:
         f"{LOGS}/mrnet_evaluate/{{task}}.log",

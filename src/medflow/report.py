@@ -4,6 +4,7 @@ as one self-contained HTML page and one Markdown summary (results/report/)."""
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import json
 import os
@@ -18,17 +19,18 @@ from medflow import tracking
 # A path that is missing is shown as "n/a" rather than failing the report.
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "brats_segmentation": [
-        ("Dice WT (mean)", ("mean", "dice_WT")),
-        ("Dice TC (mean)", ("mean", "dice_TC")),
-        ("Dice ET (mean)", ("mean", "dice_ET")),
-        ("HD95 WT (mean, mm)", ("mean", "hd95_WT")),
+        ("Dice WT (mean)", ("mean", "WT", "dice")),
+        ("Dice TC (mean)", ("mean", "TC", "dice")),
+        ("Dice ET (mean)", ("mean", "ET", "dice")),
+        ("HD95 WT (mean, mm)", ("mean", "WT", "hd95")),
+        ("Dice WT, all-foreground-in-brain baseline", ("baselines", "all_foreground_in_brain", "mean", "WT", "dice")),
     ],
     "brats_grade": [
         ("patient AUC", ("patient", "auc")),
         ("patient balanced accuracy", ("patient", "balanced_accuracy")),
         ("slice AUC", ("slice", "auc")),
     ],
-    "mrnet": [],  # filled per task from the summary table, see _mrnet_rows
+    "mrnet": [],  # one row per task from results/mrnet/summary.csv, see headline_rows
     "rsna": [
         ("AUC image + metadata", ("with_metadata", "auc")),
         ("AUC image only", ("image_only", "auc")),
@@ -65,11 +67,8 @@ def _fmt(v: Any) -> str:
 
 def headline_rows(pipeline: str, metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, formatted value) rows for one pipeline's metrics file."""
-    if pipeline == "mrnet":
-        rows = []
-        for task, m in sorted((metrics.get("tasks") or {}).items()):
-            rows.append((f"{task}: stacked AUC", _fmt(_get(m, ("stacked", "auc")))))
-        return rows
+    if pipeline == "mrnet":  # the summary table: one row per task
+        return [(f"{r['task']}: stacked AUC ({r.get('stacker_fit_on', '')})", _fmt(float(r["auc_stacked"]))) for r in metrics["rows"]]
     rows = [(label, _fmt(_get(metrics, path))) for label, path in HEADLINES.get(pipeline, [])]
     if not rows or all(v == "n/a" for _, v in rows):  # unknown layout: show its top-level numbers
         rows = [(k, _fmt(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -100,12 +99,19 @@ def mlflow_runs(uri: str, ui: str) -> list[dict[str, str]]:
 
 
 def collect(metrics_files: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """pipeline -> {"metrics": dict, "dir": folder, "plots": [png paths]} from each registered metrics file."""
+    """pipeline -> {"metrics": dict, "dir": folder, "plots": [png paths]} from each registered metrics
+    file (JSON, or a CSV summary table read as {"rows": [...]}). Plots are the PNGs beside it and one
+    folder down (overlays/, eda/, <task>/), not the per-fold training curves deeper in."""
     out = {}
     for pipeline, path in metrics_files.items():
         folder = Path(path).parent
-        plots = sorted(str(p) for p in folder.rglob("*.png"))
-        out[pipeline] = {"metrics": json.loads(Path(path).read_text()), "dir": str(folder), "plots": plots}
+        plots = sorted(str(p) for p in [*folder.glob("*.png"), *folder.glob("*/*.png")])
+        if str(path).endswith(".csv"):
+            with open(path, newline="") as f:
+                metrics = {"rows": list(csv.DictReader(f))}
+        else:
+            metrics = json.loads(Path(path).read_text())
+        out[pipeline] = {"metrics": metrics, "dir": str(folder), "plots": plots}
     return out
 
 

@@ -23,12 +23,15 @@ def test_json_round_trip_matches_scikit_learn(tmp_path):
 
     X, y = _data()
     st = Stacker.fit(X, y, C=0.5, fit_on="out_of_fold")
-    ref = LogisticRegression(C=0.5, random_state=0).fit(X.to_numpy(), y)
+    ref = LogisticRegression(C=0.5, class_weight="balanced", random_state=0).fit(X.to_numpy(), y)
     np.testing.assert_allclose(st.predict_proba(X), ref.predict_proba(X.to_numpy())[:, 1], rtol=1e-10)
+    plain = Stacker.fit(X, y, C=0.5, class_weight="none")  # the tutorial's unweighted fit
+    ref = LogisticRegression(C=0.5, random_state=0).fit(X.to_numpy(), y)
+    np.testing.assert_allclose(plain.predict_proba(X), ref.predict_proba(X.to_numpy())[:, 1], rtol=1e-10)
     st.save(tmp_path / "stacker.json")
     data = json.loads((tmp_path / "stacker.json").read_text())
     assert data["planes"] == ["axial", "coronal", "sagittal"] and len(data["coef"]) == 3
-    assert isinstance(data["intercept"], float) and data["fit_on"] == "out_of_fold"
+    assert isinstance(data["intercept"], float) and data["fit_on"] == "out_of_fold" and data["class_weight"] == "balanced"
     back = Stacker.load(tmp_path / "stacker.json")
     assert back == st
     # Columns are matched by plane name, not position.
@@ -44,6 +47,15 @@ def test_bad_stacker_file_is_an_input_error(tmp_path):
     path.write_text("not json")
     with pytest.raises(InputError, match="not a stacker JSON"):
         Stacker.load(path)
+
+
+def test_balanced_weights_centre_the_threshold():
+    """With 10 % positives, the unweighted fit leans to 'negative' at 0.5; the balanced one does not."""
+    rng = np.random.default_rng(1)
+    y = (rng.random(400) < 0.1).astype(int)
+    X = pd.DataFrame({p: np.clip(0.4 + 0.2 * y + rng.normal(0, 0.15, 400), 0, 1) for p in ("axial", "coronal", "sagittal")})
+    sens = {cw: ((Stacker.fit(X, y, class_weight=cw).predict_proba(X) >= 0.5) & (y == 1)).sum() / y.sum() for cw in ("none", "balanced")}
+    assert sens["balanced"] > 0.7 > sens["none"]
 
 
 def test_one_class_cannot_be_stacked():

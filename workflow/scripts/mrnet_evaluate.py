@@ -19,6 +19,7 @@ evaluate_task(
     Outputs(out.metrics, out.predictions, out.roc, out.stacker),
     fit_on=p.fit_on,
     C=p.C,
+    class_weight=p.class_weight,
     seed=p.seed,
     run_ids=run_ids,
 )

@@ -1,5 +1,11 @@
-from medflow.jobs import start
-from medflow.mrnet.train import Outputs, train_plane
+import os
+
+# Set before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared or busy
+# CPU, spinning threads fight for cores and a 2-thread job ran 5x slower than with this (docs/mrnet.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from medflow.jobs import start  # noqa: E402
+from medflow.mrnet.train import Outputs, train_plane  # noqa: E402
 
 log = start(snakemake)
 wc, out = snakemake.wildcards, snakemake.output

@@ -90,7 +90,7 @@ def _table(per_plane: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def evaluate_task(task: str, predictions: Mapping[str, Mapping[str, str | os.PathLike]], folds_path: str | os.PathLike,
-                  outputs: Outputs, *, fit_on: str = "out_of_fold", C: float = 1.0, seed: int = 0,
+                  outputs: Outputs, *, fit_on: str = "out_of_fold", C: float = 1.0, class_weight: str = "balanced", seed: int = 0,
                   run_ids: Mapping[str, Mapping[str, str]] | None = None, tracking: bool = True) -> dict:
     """``predictions``: plane -> fold (``all``, ``0``...) -> predictions CSV of that training job.
     ``run_ids``: plane -> fold -> MLflow run id of the training, used to link the evaluation run."""
@@ -104,7 +104,7 @@ def evaluate_task(task: str, predictions: Mapping[str, Mapping[str, str | os.Pat
     else:
         fit_set = _table({p: _role(predictions[p]["all"], "in_sample") for p in planes})
 
-    stacker = Stacker.fit(fit_set[planes], fit_set["label"], C=C, fit_on=fit_on, seed=seed)
+    stacker = Stacker.fit(fit_set[planes], fit_set["label"], C=C, class_weight=class_weight, fit_on=fit_on, seed=seed)
     stacker.extra = {"task": task}
     valid["stacked"] = stacker.predict_proba(valid[planes])
     curves = {p: (valid["label"], valid[p]) for p in [*planes, "stacked"]}
@@ -114,7 +114,7 @@ def evaluate_task(task: str, predictions: Mapping[str, Mapping[str, str | os.Pat
         "n_valid_positive": int(valid["label"].sum()),
         "planes": {p: binary_report(valid["label"], valid[p]) for p in planes},
         "stacked": binary_report(valid["label"], valid["stacked"]),
-        "stacking": {"fit_on": fit_on, "C": C, "n_fit": stacker.n_fit, "planes": planes, "coef": stacker.coef,
+        "stacking": {"fit_on": fit_on, "C": C, "class_weight": class_weight, "n_fit": stacker.n_fit, "planes": planes, "coef": stacker.coef,
                      "intercept": stacker.intercept,
                      "fit_set_auc": {p: binary_report(fit_set["label"], fit_set[p])["auc"] for p in planes}},
     }
@@ -145,8 +145,8 @@ def _track(task: str, metrics: dict, outputs: Outputs, run_ids: Mapping[str, Map
             if rid:
                 tags[f"training_run_id.{plane}.fold_{fold}"] = rid
     st = metrics["stacking"]
-    with tracking.run("mrnet", f"{task}-stack", params={"task": task, "fit_on": st["fit_on"], "C": st["C"],
-                                                        "planes": ",".join(st["planes"])}, tags=tags, rule="mrnet_evaluate"):
+    params = {"task": task, "fit_on": st["fit_on"], "C": st["C"], "class_weight": st["class_weight"], "planes": ",".join(st["planes"])}
+    with tracking.run("mrnet", f"{task}-stack", params=params, tags=tags, rule="mrnet_evaluate"):
         flat = {f"valid_{k}_{p}": v for p, rep in metrics["planes"].items() for k, v in rep.items()}
         flat.update({f"valid_{k}_stacked": v for k, v in metrics["stacked"].items()})
         flat.update({f"stack_coef_{p}": c for p, c in zip(st["planes"], st["coef"])})

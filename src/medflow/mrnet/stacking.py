@@ -28,20 +28,30 @@ class Stacker:
     intercept: float
     fit_on: str = ""  # "out_of_fold" or "in_sample"
     C: float = 1.0
+    class_weight: str = "balanced"  # "balanced" or "none"
     n_fit: int = 0
     n_fit_positive: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, X: pd.DataFrame, y: Sequence[int], *, C: float = 1.0, fit_on: str = "", seed: int = 0) -> "Stacker":
-        """``X``: one column of probabilities per plane (its column order is kept), ``y``: 0/1."""
+    def fit(cls, X: pd.DataFrame, y: Sequence[int], *, C: float = 1.0, class_weight: str = "balanced", fit_on: str = "",
+            seed: int = 0) -> "Stacker":
+        """``X``: one column of probabilities per plane (its column order is kept), ``y``: 0/1.
+
+        ``class_weight`` ``balanced`` weighs the classes equally, as the plane models' losses do, so 0.5
+        means the same for the stack as for each plane; ``none`` is the tutorial's plain fit, whose
+        output leans to the majority class."""
         from sklearn.linear_model import LogisticRegression
 
         y = np.asarray(y).astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError(f"cannot fit the stacker: its {len(y)} exams hold only one class")
-        lr = LogisticRegression(C=C, random_state=seed).fit(X.to_numpy(dtype=float), y)
-        return cls(list(X.columns), lr.coef_[0].tolist(), float(lr.intercept_[0]), fit_on, float(C), len(y), int(y.sum()))
+        if class_weight not in ("balanced", "none"):
+            raise ValueError(f"class_weight must be 'balanced' or 'none', got {class_weight!r}")
+        lr = LogisticRegression(C=C, class_weight=None if class_weight == "none" else "balanced", random_state=seed)
+        lr.fit(X.to_numpy(dtype=float), y)
+        return cls(list(X.columns), lr.coef_[0].tolist(), float(lr.intercept_[0]), fit_on, float(C), class_weight, len(y),
+                   int(y.sum()))
 
     def decision(self, X: pd.DataFrame) -> np.ndarray:
         return X[self.planes].to_numpy(dtype=float) @ np.asarray(self.coef) + self.intercept
