@@ -51,7 +51,7 @@ def test_no_patient_identifier_reaches_any_output(rsna_raw, tmp_path):
     }))
     workdir = tmp_path / "wd"
     targets = ["results/rsna/metrics.json", "results/rsna/eda/samples.png"]
-    proc = run_snakemake(workdir, "--", *targets, configfiles=[override])  # "--": --configfile takes many values
+    proc = run_snakemake(workdir, *targets, configfiles=[override])
 
     results = workdir / "results"
     assert (results / "rsna" / "metrics.json").is_file() and (results / "mlflow" / "mlflow.db").is_file()
