@@ -12,6 +12,7 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/tracking.smk"
 include: "rules/demo.smk"
 include: "rules/brats.smk"
 include: "rules/grade.smk"

@@ -11,7 +11,7 @@ validate(config, schema="../config/schema.yaml")
 # including jobs that SLURM starts on another node (they inherit the environment).
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 # Idle OpenMP threads that spin steal the cores CPU jobs beside them run on (6-7x slower training
 # measured on 2 shared cores); passive waiting costs nothing when a job has its cores to itself.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -23,7 +23,7 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
 # Jobs find the store through the environment, so moving tracking elsewhere reruns nothing.
-os.environ["MLFLOW_TRACKING_URI"] = tracking.resolve_uri(config["mlflow"]["tracking_uri"], RESULTS)
+os.environ.update(MLFLOW_TRACKING_URI=tracking.resolve_uri(config["mlflow"]["tracking_uri"], RESULTS))
 MLFLOW_STORE = f"{RESULTS}/mlflow/store.json"
 
 
@@ -89,17 +89,3 @@ def get_final_output():
 
 def gpu_resource():
     return config["compute"]["gpu"]
-
-
-rule mlflow_store:
-    """Create the tracking store and every experiment once, before any job runs: parallel jobs
-    that open a not-yet-created sqlite store at once corrupt it."""
-    localrule: True
-    output:
-        MLFLOW_STORE,
-    params:
-        experiments=list(tracking.EXPERIMENTS),
-    log:
-        f"{LOGS}/mlflow_store.log",
-    script:
-        "../workflow/scripts/mlflow_store.py"

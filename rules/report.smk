@@ -21,6 +21,8 @@ rule report:
         mlflow_ui=config["report"]["mlflow_ui"],
     log:
         f"{LOGS}/report.log",
+    conda:
+        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/report.py"
 
