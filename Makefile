@@ -11,11 +11,13 @@ export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: env demo test lint report clean
 env: $(VENV)/.ok
-$(VENV)/.ok: requirements.lock
+# No prerequisite: the lock's hash is in the path, so a changed lock means a new environment, while a
+# fresh clone (whose files are all newer than the environment) reuses the one it finds.
+$(VENV)/.ok:
 	@mkdir -p $(dir $(VENV))
 	rm -rf $(VENV).tmp && $(PYTHON) -m venv $(VENV).tmp
-	# pip inside the venv: --prefix keeps it off any other interpreter. Install, then move into
-	# place, so a killed install never leaves a half-made environment under the final name.
+	# Install, then move into place, so a killed install never leaves a half-made environment
+	# under the final name.
 	$(VENV).tmp/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
 	rm -rf $(VENV) && mv $(VENV).tmp $(VENV)
 	# venv scripts carry the build path in their shebangs: rewrite them to the final path.
