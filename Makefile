@@ -9,7 +9,7 @@ CORES ?= 2
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: env demo test lint report clean
+.PHONY: env demo test lint report clean mutation plant-bugs
 env: $(VENV)/.ok
 # No prerequisite: the lock's hash is in the path, so a changed lock means a new environment, while a
 # fresh clone (whose files are all newer than the environment) reuses the one it finds.
@@ -29,6 +29,15 @@ demo: env
 
 test: env
 	pytest -q tests
+
+# By hand, never in CI (see docs/testing.md): mutation scores of the modules users' numbers come from,
+# and the known bugs planted one at a time. mutmut must import its mutated copy, not src/: no PYTHONPATH.
+mutation: env
+	env -u PYTHONPATH mutmut run --max-children $(CORES) > mutants.log 2>&1 || (tail -30 mutants.log; exit 1)
+	env -u PYTHONPATH python dev/mutation_scores.py
+
+plant-bugs: env
+	python dev/plant_bugs.py
 
 lint: env
 	snakemake --lint

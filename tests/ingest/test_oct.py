@@ -6,6 +6,8 @@ import shutil
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medflow.errors import InputError
 from medflow.ingest import oct as ing
@@ -116,6 +118,36 @@ def test_val_carved_from_train_by_patient(pristine):
     val_labels = carved.loc[carved["split"] == "val", "label"]
     assert set(val_labels) == set(ing.CLASSES), "stratified: every class in val"
     assert split.equals(ing.assign(df, "train", 0.25, seed=3))
+
+
+def test_carved_val_keeps_patients_whole_across_classes(pristine, tmp_path):
+    """Patients with images in several class folders (as in the real set) land in one split. The
+    patient is read from the file name here, not from the table, so class-specific ids cannot hide a leak."""
+    df = ing.discover(pristine)
+    pid = df["id"].str.split("-").str[1]
+    train = df["folder"] == "train"
+    assert (df[train].groupby(pid[train])["label"].nunique() > 1).sum() >= 2, "the fixture has multi-class patients"
+    written = ing.ingest(pristine, tmp_path / "m.csv", tmp_path / "s.csv", val_source="train", val_fraction=0.4, seed=0)
+    # several seeds: whether a class-specific id leaks depends on which patients are drawn
+    for seed, split in enumerate([written["split"]] + [ing.assign(df, "train", 0.4, s) for s in range(1, 8)]):
+        carved = split[train]
+        assert set(carved) == {"train", "val"}
+        assert (carved.groupby(pid[train]).nunique() == 1).all(), f"seed {seed}: a patient in train and val"
+    assert not set(pid[train]) & set(pid[df["folder"] == "test"]), "test patients are not train patients"
+
+
+@given(st.lists(st.tuples(st.sampled_from(ing.FOLDERS), st.integers(0, 11), st.sampled_from(ing.CLASSES)), min_size=1, max_size=60),
+       st.floats(0.05, 0.95), st.integers(0, 1000))
+def test_carving_maps_every_image_to_its_patients_split(images, val_fraction, seed):
+    """For any images (folder, patient, class), patients spanning classes included: each train
+    patient's images share one split (train or val), the val folder is unused, test stays test."""
+    df = pd.DataFrame([{"id": f"{c}-{p}-{n}", "folder": f, "label": c, "patient": str(p)}
+                       for n, (f, p, c) in enumerate(images)])
+    split = ing.assign(df, "train", val_fraction, seed)
+    train = df["folder"] == "train"
+    assert set(split[train]) <= {"train", "val"}
+    assert (split[train].groupby(df.loc[train, "patient"]).nunique() == 1).all()
+    assert (split[df["folder"] == "val"] == "unused").all() and (split[df["folder"] == "test"] == "test").all()
 
 
 def test_patient_in_two_folders_is_reported_not_rejected(root, tmp_path, caplog):

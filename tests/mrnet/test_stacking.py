@@ -40,13 +40,44 @@ def test_json_round_trip_matches_scikit_learn(tmp_path):
 
 
 def test_bad_stacker_file_is_an_input_error(tmp_path):
+    """The error names the file to fix (the one-line InputError a job prints)."""
     path = tmp_path / "stacker.json"
     path.write_text('{"planes": ["axial"], "coef": [1.0, 2.0], "intercept": 0.0}')
-    with pytest.raises(InputError, match="do not match"):
+    with pytest.raises(InputError, match="do not match") as err:
         Stacker.load(path)
+    assert err.value.path == str(path)
     path.write_text("not json")
-    with pytest.raises(InputError, match="not a stacker JSON"):
+    with pytest.raises(InputError, match="not a stacker JSON") as err:
         Stacker.load(path)
+    assert err.value.path == str(path)
+
+
+def test_defaults_are_the_balanced_unit_C_fit_and_record_what_it_was_fitted_on():
+    """Called without options: scikit-learn's balanced fit at C = 1; the stacker records how many
+    exams and positives it saw, and claims no fit set (out_of_fold/in_sample) it was not told."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _data(120, seed=3)
+    st = Stacker.fit(X, y)
+    ref = LogisticRegression(C=1.0, class_weight="balanced").fit(X.to_numpy(), y)
+    np.testing.assert_allclose(st.coef, ref.coef_[0], rtol=1e-6)
+    assert st.intercept == pytest.approx(ref.intercept_[0], rel=1e-6)
+    assert (st.C, st.class_weight, st.fit_on) == (1.0, "balanced", "")
+    assert (st.n_fit, st.n_fit_positive) == (120, int(y.sum())) and 0 < st.n_fit_positive < 120
+
+
+def test_unknown_class_weight_is_refused_by_name():
+    X, y = _data(20)
+    with pytest.raises(ValueError, match="class_weight must be 'balanced' or 'none', got 'balance'"):
+        Stacker.fit(X, y, class_weight="balance")
+
+
+def test_nullable_float_probabilities_are_scored_like_plain_floats():
+    """A table read with pandas' nullable dtypes (Float64, e.g. ``dtype_backend="numpy_nullable"``)
+    gives the same probabilities as plain float64 columns."""
+    X, y = _data(50)
+    st = Stacker.fit(X, y)
+    np.testing.assert_allclose(st.predict_proba(X.astype("Float64")), st.predict_proba(X), rtol=1e-12)
 
 
 def test_balanced_weights_centre_the_threshold():

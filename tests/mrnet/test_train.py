@@ -10,6 +10,8 @@ import pytest
 from medflow import tracking
 from medflow.ingest import mrnet as ingest
 from medflow.mrnet import evaluation as ev
+from medflow.mrnet import train as train_mod
+from medflow.mrnet.data import ExamDataset
 from medflow.mrnet.train import Outputs, train_plane
 from medflow.synthetic import mrnet as synthetic
 from medflow.train import load_checkpoint
@@ -30,14 +32,50 @@ def pipeline(tmp_path_factory):
     tracking.create_store(uri)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
-    summaries, preds = {}, {}
-    for fold in ("0", "1", "all"):
-        out = Outputs(*(d / f"fold_{fold}" / n for n in ("model.pt", "predictions.csv", "train.json", "curves.png")))
-        summaries[fold] = train_plane(d / "manifest.csv", d / "folds.csv", root, task="abnormal", plane="sagittal", fold=fold,
-                                      model_cfg=MODEL, train_cfg=TRAIN, seed=0, threads=1, bf16=False, outputs=out)
-        preds[fold] = out.predictions
-    yield {"dir": d, "uri": uri, "summaries": summaries, "preds": preds}
+    seen, spy = {}, _TrainingSpy()
+    with pytest.MonkeyPatch.context() as spies:
+        spies.setattr(train_mod, "fit", spy.fit)
+        spies.setattr(ExamDataset, "__getitem__", lambda ds, i: spy.getitem(ds, i))  # a function, so it binds
+        summaries, preds = {}, {}
+        for fold in ("0", "1", "all"):
+            out = Outputs(*(d / f"fold_{fold}" / n for n in ("model.pt", "predictions.csv", "train.json", "curves.png")))
+            summaries[fold] = train_plane(d / "manifest.csv", d / "folds.csv", root, task="abnormal", plane="sagittal", fold=fold,
+                                          model_cfg=MODEL, train_cfg=TRAIN, seed=0, threads=1, bf16=False, outputs=out)
+            preds[fold] = out.predictions
+            seen[fold] = spy.take()
+    yield {"dir": d, "uri": uri, "summaries": summaries, "preds": preds, "seen": seen}
     mp.undo()
+
+
+class _TrainingSpy:
+    """Records, per training job, the exams the training loop really read while it ran, by loader:
+    ``fit`` (the shuffled training loader, gradients) and ``monitor`` (early stopping and the best
+    checkpoint). Wraps the real ``fit`` and ``ExamDataset.__getitem__`` (threads=1: no loader workers,
+    so every read happens in this process)."""
+
+    def __init__(self):
+        self._real_fit, self._real_getitem = train_mod.fit, ExamDataset.__getitem__
+        self._reads, self._loaders, self._active = [], {}, False
+
+    def fit(self, model, optimizer, train_loader, val_loader, **kwargs):
+        self._loaders = {"fit": train_loader.dataset, "monitor": val_loader.dataset}
+        self._active = True
+        try:
+            return self._real_fit(model, optimizer, train_loader, val_loader, **kwargs)
+        finally:
+            self._active = False
+
+    def getitem(self, ds, i):
+        if self._active:
+            self._reads.append((ds, ds.ids[i]))
+        return self._real_getitem(ds, i)
+
+    def take(self) -> dict[str, set[str]]:
+        """{"fit", "monitor", "other"} -> exam ids read during the last fit; resets."""
+        by = {role: {e for d, e in self._reads if d is ds} for role, ds in self._loaders.items()}
+        by["other"] = {e for d, e in self._reads if all(d is not ds for ds in self._loaders.values())}
+        self._reads, self._loaders = [], {}
+        return by
 
 
 def test_training_outputs(pipeline):
@@ -63,6 +101,28 @@ def test_training_outputs(pipeline):
     assert run.data.params["task"] == "abnormal" and run.data.params["train.lr"] == "0.0005"
     assert run.data.tags["snakemake_rule"] == "mrnet_train"
     assert {"train_loss", "val_auc", "val_loss"} <= set(run.data.metrics)
+
+
+def test_fold_models_never_train_or_monitor_on_the_exams_they_predict(pipeline):
+    """Out-of-fold stacking is only out of fold if fold f's model neither fitted on nor early-stopped
+    on fold f: fit and monitor sets are disjoint, together exactly the other folds' train exams, and
+    disjoint from the exams the model predicts. The all-train model uses every train exam, no valid one."""
+    folds = ingest.read_folds(pipeline["dir"] / "folds.csv")
+    train = folds[folds["split"] == "train"]
+    for fold, seen in pipeline["seen"].items():
+        fit, monitor = seen["fit"], seen["monitor"]
+        pred = pd.read_csv(pipeline["preds"][fold], dtype={"id": str})
+        assert fit and monitor and not seen["other"], fold
+        assert not fit & monitor, fold
+        if fold == "all":
+            predicted = set(pred.loc[pred["role"] == "valid", "id"])
+            assert fit | monitor == set(train["id"])
+        else:
+            predicted = set(pred["id"])
+            assert fit | monitor == set(train.loc[train["fold"] != fold, "id"]), fold
+        assert predicted and not (fit | monitor) & predicted, fold
+        summary = pipeline["summaries"][fold]
+        assert (summary["n_train"], summary["n_monitor"]) == (len(fit), len(monitor))
 
 
 def test_stacking_run_is_linked_to_the_plane_runs(pipeline):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import h5py
 import nibabel as nib
@@ -16,7 +17,8 @@ from medflow.preprocess.stack import StackParams, stack_case, to_stored_label
 SHAPE_XYZ = (10, 12, 9)
 KEPT = (2, 8)
 CASE = "BraTS20_Training_007"
-AFFINE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
+# Zooms (x, y, z) = (0.9, 1.1, 1.5) mm: all different, so a reversed or rolled spacing shows.
+AFFINE = np.array([[-0.9, 0, 0, 0], [0, -1.1, 0, 239.0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
 
 
 @pytest.fixture
@@ -36,15 +38,21 @@ def test_label_mapping_stores_4_as_3():
     seg = np.array([0, 1, 2, 4, 4, 0])
     out = to_stored_label(seg)
     assert out.dtype == np.uint8 and out.tolist() == [0, 1, 2, 3, 3, 0]
-    with pytest.raises(InputError, match=r"\[3\]"):
+    with pytest.raises(InputError, match=r"^seg.nii: segmentation values \[3\] outside \{0, 1, 2, 4\}$"):
         to_stored_label(np.array([0, 3]), "seg.nii")
+    # At most eight of the bad values are listed; without a path the message says "segmentation".
+    with pytest.raises(InputError, match=r"^segmentation: segmentation values \[3, 5, 6, 7, 8, 9, 10, 11\] outside"):
+        to_stored_label(np.array([0, 3, 5, 6, 7, 8, 9, 10, 11, 12]))
 
 
-def test_stack_layout_axes_and_attributes(case_files, tmp_path):
+def test_stack_layout_axes_and_attributes(case_files, tmp_path, caplog):
     mods, seg_path, seg = case_files
     out = tmp_path / "stack" / f"{CASE}.h5"
-    names = [f"{CASE}_{m}.nii" for m in (*MODALITIES, "seg")]
-    stack_case(CASE, mods, seg_path, KEPT, out, StackParams(chunk_zyx=[4, 8, 64]), source_files=names)
+    names = [f"{CASE}_{m}.nii.gz" for m in (*MODALITIES, "seg")]  # the raw files', not the inputs' names
+    with caplog.at_level(logging.INFO, logger="medflow.preprocess.stack"):
+        stack_case(CASE, mods, seg_path, KEPT, out, StackParams(chunk_zyx=[4, 8, 64]), source_files=names)
+    assert [r.getMessage() for r in caplog.records] == [f"{CASE}: image (4, 6, 12, 10), slices [2, 8) of 9"], \
+        "the rule log says what was kept"
     with h5py.File(out) as f:
         image, label = f["image"], f["label"]
         assert image.dtype == np.float32 and image.shape == (4, KEPT[1] - KEPT[0], 12, 10)
@@ -59,8 +67,9 @@ def test_stack_layout_axes_and_attributes(case_files, tmp_path):
         assert attrs["case_id"] == CASE
         assert json.loads(attrs["modalities"]) == list(MODALITIES)
         assert json.loads(attrs["source_files"]) == names
-        np.testing.assert_array_equal(attrs["spacing_zyx"], [1.5, 1.0, 1.0])
-        np.testing.assert_array_equal(attrs["affine"], AFFINE)
+        np.testing.assert_allclose(attrs["spacing_zyx"], [1.5, 1.1, 0.9], rtol=1e-6)
+        assert attrs["spacing_zyx"].dtype == np.float64 and attrs["affine"].dtype == np.float64
+        np.testing.assert_array_equal(attrs["affine"], nib.load(mods["flair"]).affine)  # flair's by default
         np.testing.assert_array_equal(attrs["original_shape_zyx"], [9, 12, 10])
         np.testing.assert_array_equal(attrs["kept_z_range"], KEPT)
         stored = label[()]
@@ -72,12 +81,26 @@ def test_stack_layout_axes_and_attributes(case_files, tmp_path):
     np.testing.assert_array_equal(restored.affine, nib.load(seg_path).affine)
 
 
-def test_labels_outside_the_kept_range_are_refused(case_files, tmp_path):
-    mods, seg_path, _ = case_files
+@pytest.mark.parametrize("before, after", [(3, 3), (0, 2), (2, 0)])
+def test_labels_outside_the_kept_range_are_refused(case_files, nifti, tmp_path, before, after):
+    """Trimming must never drop tumour: labelled voxels below start or from stop on are counted."""
+    mods, _, _ = case_files
+    seg = np.zeros(SHAPE_XYZ, np.uint8)
+    seg[4, 5, 3:6] = 2  # inside [2, 8)
+    seg[0, :before, 1] = 1
+    seg[9, :after, 8] = 4
+    seg_path = nifti("edge_seg.nii", seg, affine=AFFINE)
     out = tmp_path / "x.h5"
-    with pytest.raises(InputError, match="outside the kept slices"):
-        stack_case(CASE, mods, seg_path, (5, 9), out, StackParams())
+    with pytest.raises(InputError, match=rf"edge_seg.nii: {before + after} labelled voxels lie outside the kept slices \[2, 8\)"):
+        stack_case(CASE, mods, seg_path, KEPT, out, StackParams())
     assert not out.exists() and list(tmp_path.glob("*.h5")) == [], "nothing half-written"
+
+
+def test_bad_label_value_names_the_segmentation(case_files, nifti, tmp_path):
+    mods, _, seg = case_files
+    bad = nifti("bad_values_seg.nii", np.where(seg == 1, 3, seg).astype(np.uint8), affine=AFFINE)
+    with pytest.raises(InputError, match=r"bad_values_seg.nii: segmentation values \[3\]"):
+        stack_case(CASE, mods, bad, KEPT, tmp_path / "v.h5", StackParams())
 
 
 def test_mismatched_segmentation_leaves_nothing(case_files, nifti, tmp_path):
@@ -93,3 +116,77 @@ def test_uncompressed_option(case_files, tmp_path):
     stack_case(CASE, mods, seg_path, KEPT, tmp_path / "z.h5", StackParams(compression="none"))
     with h5py.File(tmp_path / "z.h5") as f:
         assert f["image"].compression is None and f["image"].chunks is not None
+
+
+def test_stacked_volume_is_the_trimmed_nifti_voxel_for_voxel(case_files, tmp_path):
+    """image[c] = modality c's (X, Y, Z) data transposed to (Z, Y, X), slices [start, stop), for c in
+    flair, t1, t1ce, t2 whatever order the inputs are given in; label the same with 4 stored as 3."""
+    mods, seg_path, seg = case_files
+    shuffled = {m: mods[m] for m in ("t2", "t1ce", "flair", "t1")}
+    out = tmp_path / f"{CASE}.h5"
+    stack_case(CASE, shuffled, seg_path, KEPT, out, StackParams(chunk_zyx=[4, 8, 64], compression="lzf"))
+    start, stop = KEPT
+    with h5py.File(out) as f:
+        image, label, attrs = f["image"][()], f["label"][()], dict(f.attrs)
+        assert f["image"].compression == "lzf" and f["label"].chunks == (4, 8, 10)
+    for c, m in enumerate(MODALITIES):
+        src = nib.load(mods[m]).get_fdata(dtype=np.float32)
+        np.testing.assert_array_equal(image[c], src.transpose(2, 1, 0)[start:stop], err_msg=m)
+    expected = np.where(seg == 4, 3, seg).transpose(2, 1, 0)[start:stop]
+    np.testing.assert_array_equal(label, expected)
+    np.testing.assert_allclose(attrs["spacing_zyx"], [1.5, 1.1, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(attrs["affine"], AFFINE, rtol=1e-6)
+    np.testing.assert_array_equal(attrs["kept_z_range"], KEPT)
+    # Without explicit names: the input files' names, flair, t1, t1ce, t2, seg.
+    assert json.loads(attrs["source_files"]) == [f"{CASE}_{m}.nii" for m in (*MODALITIES, "seg")]
+
+
+def test_given_affine_is_stored_instead_of_the_files(case_files, tmp_path):
+    """The validated raw affine (a JSON list in the workflow) wins over the corrected file's header."""
+    mods, seg_path, _ = case_files
+    raw = AFFINE.copy()
+    raw[:3, 3] += 0.25
+    stack_case(CASE, mods, seg_path, KEPT, tmp_path / "a.h5", StackParams(), affine=raw.tolist())
+    # A hand-written integer affine is stored as floats like every other.
+    integer = [[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]]
+    stack_case(CASE, mods, seg_path, KEPT, tmp_path / "b.h5", StackParams(), affine=integer)
+    with h5py.File(tmp_path / "a.h5") as f, h5py.File(tmp_path / "b.h5") as g:
+        np.testing.assert_array_equal(f.attrs["affine"], raw)
+        np.testing.assert_array_equal(g.attrs["affine"], integer)
+        assert f.attrs["affine"].dtype == np.float64 and g.attrs["affine"].dtype == np.float64
+
+
+@pytest.mark.parametrize("kept", [(-1, 5), (3, 3), (0, 10)])
+def test_kept_range_outside_the_volume_is_an_input_error(case_files, tmp_path, kept):
+    mods, seg_path, _ = case_files
+    with pytest.raises(InputError, match=rf"flair.nii: kept slice range \[{kept[0]}, {kept[1]}\) outside its 9 slices"):
+        stack_case(CASE, mods, seg_path, kept, tmp_path / "k.h5", StackParams())
+    assert list(tmp_path.glob("*.h5")) == []
+
+
+def test_whole_volume_range_is_accepted(case_files, tmp_path):
+    mods, seg_path, seg = case_files
+    stack_case(CASE, mods, seg_path, (0, 9), tmp_path / "w.h5", StackParams())
+    with h5py.File(tmp_path / "w.h5") as f:
+        assert f["image"].shape == (4, 9, 12, 10)
+        np.testing.assert_array_equal(f["label"][()], np.where(seg == 4, 3, seg).transpose(2, 1, 0))
+
+
+def test_modality_of_another_shape_is_an_input_error(case_files, nifti, tmp_path):
+    mods, seg_path, _ = case_files
+    odd = dict(mods, t1ce=nifti("odd_t1ce.nii", np.ones((10, 12, 8), np.float32), affine=AFFINE))
+    with pytest.raises(InputError, match=r"odd_t1ce.nii: shape \[10, 12, 8\] differs from flair's"):
+        stack_case(CASE, odd, seg_path, KEPT, tmp_path / "s.h5", StackParams())
+    assert list(tmp_path.glob("*.h5")) == []
+
+
+def test_compression_options():
+    kw = StackParams(chunk_zyx=[16, 64, 64], compression_level=7).h5_kwargs((9, 40, 100))
+    assert kw == {"chunks": (9, 40, 64), "compression": "gzip", "compression_opts": 7, "shuffle": True}
+    assert StackParams(compression="lzf").h5_kwargs((2, 2, 2)) == {"chunks": (2, 2, 2), "compression": "lzf", "shuffle": True}
+    assert StackParams(compression="none").h5_kwargs((2, 2, 2)) == {"chunks": (2, 2, 2)}
+    assert StackParams(chunk_zyx=[4, 4, 4], compression="none").h5_kwargs((1, 3, 9)) == {"chunks": (1, 3, 4)}
+    with pytest.raises(ValueError, match="^unknown compression 'zstd': gzip, lzf or none$"):
+        StackParams(compression="zstd").h5_kwargs((2, 2, 2))
+    p = StackParams.from_config({"chunk_zyx": [8, 8, 8], "compression": "lzf", "threads": 1})
+    assert p == StackParams(chunk_zyx=[8, 8, 8], compression="lzf", compression_level=4)

@@ -4,6 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for
 from medflow.segmentation import inference, regions
@@ -19,6 +21,29 @@ def test_windows_cover_the_volume_with_the_overlap(size, window, overlap):
     assert starts[-1] + window == max(size, window)
     steps = np.diff(starts)
     assert (steps <= window * (1 - overlap) + 1e-9).all() and (steps > 0).all()
+
+
+@given(st.integers(1, 60), st.integers(1, 20), st.floats(0.0, 0.95) | st.sampled_from([0.0, 0.25, 0.5, 0.75]))
+def test_windows_cover_every_voxel_for_any_size_window_and_overlap(size, window, overlap):
+    """Windows start at 0, stay inside the (padded) axis, end at its border, cover every voxel and
+    overlap their neighbours by at least ``overlap`` of the window (at most window - 1 voxels can)."""
+    padded = max(size, window)
+    starts = inference.window_starts(size, window, overlap)
+    assert starts == sorted(set(starts)), "distinct, in order"
+    assert starts[0] == 0 and starts[-1] + window == padded
+    assert all(0 <= s and s + window <= padded for s in starts)
+    covered = np.zeros(padded, bool)
+    for s in starts:
+        covered[s : s + window] = True
+    assert covered.all()
+    shared = window - np.diff(starts)  # voxels two neighbours have in common
+    assert (shared >= min(overlap * window, window - 1) - 1e-9).all(), (starts, shared)
+
+
+@pytest.mark.parametrize("overlap", [-0.1, 1.0])
+def test_overlap_outside_zero_one_is_refused(overlap):
+    with pytest.raises(ValueError, match="overlap"):
+        inference.window_starts(10, 4, overlap)
 
 
 class Pointwise(torch.nn.Module):
@@ -42,6 +67,21 @@ def test_sliding_window_equals_whole_volume_prediction(blend, shape):
     with torch.no_grad():
         direct = model(torch.from_numpy(image)[None])[0].numpy()
     assert probs.shape == (3, *shape)
+    np.testing.assert_allclose(probs, direct, atol=1e-5)
+
+
+@given(st.tuples(*[st.integers(1, 9)] * 3), st.tuples(*[st.integers(1, 6)] * 3), st.sampled_from([0.0, 0.3, 0.5, 0.8]),
+       st.integers(1, 4), st.sampled_from(inference.BLENDS), st.integers(0, 2**16))
+def test_sliding_window_of_a_voxelwise_model_is_its_voxelwise_output(shape, window, overlap, batch_size, blend, seed):
+    """Any volume (also thinner than the window), window, overlap and batch: a voxel-wise model's
+    blended windows give back exactly its output on the whole volume, shape (L, Z, Y, X)."""
+    model = Pointwise().eval()
+    image = np.random.default_rng(seed).standard_normal((4, *shape)).astype(np.float32)
+    probs = inference.sliding_window(model, image, window, overlap=overlap, batch_size=batch_size, blend=blend,
+                                     device=torch.device("cpu"), bf16=False)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(image)[None])[0].numpy()
+    assert probs.shape == (3, *shape) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, direct, atol=1e-5)
 
 

@@ -1,5 +1,6 @@
 """Synthetic OCT2017: the Kermany layout and names, greyscale JPEGs of varying size, several images
-per patient, one split per patient, deterministic, and classes that differ visibly."""
+per patient, one split per patient (some patients in two classes, as in the real set), deterministic,
+and classes that differ visibly."""
 
 import re
 
@@ -51,17 +52,37 @@ def test_images_are_greyscale_jpegs_of_varying_size_within_config(tree):
     assert len(sizes) > 5
 
 
-def test_patients_have_several_images_and_one_split(tree):
-    root, _ = tree
-    where, per_patient = {}, {}
+def patients(root):
+    """{patient id: {(split, class): [n, ...]}} from the file names alone."""
+    out = {}
     for p in files(root):
-        _, pid, n = NAME.match(p.name).groups()
-        where.setdefault(pid, set()).add((p.parts[-3], p.parts[-2]))
-        per_patient.setdefault(pid, []).append(int(n))
-    assert all(len(v) == 1 for v in where.values()), "a patient lies in one split and class"
-    assert max(len(v) for v in per_patient.values()) > 1
-    assert all(sorted(v) == list(range(1, len(v) + 1)) for v in per_patient.values()), "n counts from 1"
-    assert len(per_patient) == 4 * (4 + 1 + 2)
+        cls, pid, n = NAME.match(p.name).groups()
+        out.setdefault(pid, {}).setdefault((p.parts[-3], cls), []).append(int(n))
+    return out
+
+
+def test_patients_have_several_images_one_split_and_some_several_classes(tree):
+    """Real Kermany patients have B-scans in several class folders; a split must keep them whole."""
+    root, _ = tree
+    where = patients(root)
+    assert len(where) == 4 * (4 + 1 + 2)
+    assert all(len({split for split, _ in v}) == 1 for v in where.values()), "a patient lies in one split"
+    assert max(len(n) for v in where.values() for n in v.values()) > 1
+    assert all(sorted(n) == list(range(1, len(n) + 1)) for v in where.values() for n in v.values()), \
+        "n counts from 1 per patient and class"
+    for split, per_class in SMALL["patients"].items():
+        n_classes = [len(v) for v in where.values() if next(iter(v))[0] == split]
+        assert max(n_classes) == 2
+        # the default share: 1/4 of the split's 4 x per_class patients
+        assert sum(k == 2 for k in n_classes) == per_class, split
+
+
+def test_multi_class_share_is_configurable(tmp_path):
+    root = tmp_path / "OCT2017"
+    syn.generate(root, {**SMALL, "multi_class": 0.0}, seed=7)
+    assert all(len(v) == 1 for v in patients(root).values())
+    syn.generate(root, {**SMALL, "multi_class": 1.0}, seed=7)
+    assert all(len(v) == 2 for v in patients(root).values())
 
 
 def test_deterministic_from_seed(tree, tmp_path):

@@ -119,7 +119,7 @@ def stack_case(case: str, modality_paths: Mapping[str, str | os.PathLike], seg_p
         f.attrs["affine"] = np.asarray(ref.affine if affine is None else affine, dtype=float)
         f.attrs["original_shape_zyx"] = np.array(shape_zyx, dtype=np.int64)
         f.attrs["kept_z_range"] = np.array([start, stop], dtype=np.int64)
-        names = source_files if source_files is not None else [os.path.basename(str(p)) for p in (*modality_paths.values(), seg_path)]
+        names = source_files if source_files is not None else [os.path.basename(str(p)) for p in (*(modality_paths[m] for m in MODALITIES), seg_path)]
         f.attrs["source_files"] = json.dumps(list(names))
     log.info("%s: image (4, %d, %d, %d), slices [%d, %d) of %d", case, *out_zyx, start, stop, shape_zyx[0])
 

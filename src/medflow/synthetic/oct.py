@@ -2,6 +2,9 @@
 
 ``OCT2017/{train,val,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg``: greyscale JPEGs of
 varying size, several images per patient (a patient belongs to one split, as the data set intends).
+As in the real download, some patients (``multi_class`` of each split's patients) have images in two
+class folders of their split, e.g. ``CNV-1234567-1.jpeg`` and ``DME-1234567-1.jpeg`` (``n`` counts
+from 1 per patient and class); a split that is carved by class-specific ids would leak them.
 Each image is a layered retina (bright nerve-fibre layer, dark nuclear layers, bright RPE line, choroid
 below) with speckle, tilt and curvature, plus the finding of its class:
 
@@ -10,11 +13,13 @@ below) with speckle, tilt and curvature, plus the finding of its class:
 - DRUSEN: several small bumps of the RPE;
 - NORMAL: smooth layers with a foveal pit.
 
-Everything is deterministic from the seed; images of one patient share their geometry.
+Everything is deterministic from the seed; images of one patient share their size (and, within a
+class, their geometry).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +37,7 @@ DEFAULTS = {
     "height": [72, 120],  # pixels, drawn per patient
     "aspect": [1.0, 1.5],  # width / height, drawn per patient (real: 512 x 496 mostly, some up to 3:1)
     "jpeg_quality": 90,
+    "multi_class": 0.25,  # share of each split's patients with images in a second class (as real ones can)
 }
 
 
@@ -141,6 +147,14 @@ def _patient_ids(rng: np.random.Generator, n: int) -> list[int]:
     return sorted(int(v) for v in rng.choice(np.arange(1_000_000, 9_999_999), size=n, replace=False))
 
 
+def _write(folder: Path, cls: str, pid: int, geo: Mapping, rng: np.random.Generator, n_img: int, s: Mapping) -> int:
+    """Write ``<cls>-<pid>-1.jpeg`` .. ``-<n_img>.jpeg`` into ``folder``; return how many."""
+    for n in range(1, n_img + 1):
+        img = render(geo, cls, rng)
+        Image.fromarray(img, mode="L").save(folder / f"{cls}-{pid}-{n}.jpeg", quality=int(s["jpeg_quality"]))
+    return n_img
+
+
 def generate(root: str | os.PathLike, cfg: Mapping | None, seed: int) -> dict[str, int]:
     """Write the synthetic OCT2017 tree at ``root`` (replaced if present); return image counts per split.
 
@@ -155,18 +169,27 @@ def generate(root: str | os.PathLike, cfg: Mapping | None, seed: int) -> dict[st
     ids = iter(rng.permutation(_patient_ids(rng, n_patients)).tolist())
     counts = {sp: 0 for sp in SPLITS}
     lo, hi = (int(v) for v in s["images_per_patient"])
+    pick = np.random.default_rng([seed, 0x0C7, 1])  # who spans classes: apart from the ids and the images
     for split in SPLITS:
         for cls in CLASSES:
-            folder = tmp / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for _ in range(int(s["patients"][split])):
-                pid = next(ids)
-                prng = np.random.default_rng([seed, pid])
-                geo = _patient_geometry(prng, cls, s["height"], s["aspect"])
-                for n in range(1, int(prng.integers(lo, hi + 1)) + 1):
-                    img = render(geo, cls, prng)
-                    Image.fromarray(img, mode="L").save(folder / f"{cls}-{pid}-{n}.jpeg", quality=int(s["jpeg_quality"]))
-                    counts[split] += 1
+            (tmp / split / cls).mkdir(parents=True, exist_ok=True)
+        patients = [(next(ids), cls) for cls in CLASSES for _ in range(int(s["patients"][split]))]
+        n_multi = min(len(patients), math.ceil(float(s["multi_class"]) * len(patients)))
+        extra = set(pick.choice(len(patients), size=n_multi, replace=False).tolist()) if n_multi else set()
+        for j, (pid, cls) in enumerate(patients):
+            prng = np.random.default_rng([seed, pid])
+            geo = _patient_geometry(prng, cls, s["height"], s["aspect"])
+            n_img = int(prng.integers(lo, hi + 1))
+            if j in extra:
+                # The patient's images are shared between its class and one other (about the same total).
+                other = CLASSES[(CLASSES.index(cls) + int(pick.integers(1, len(CLASSES)))) % len(CLASSES)]
+                n_img = max(n_img, 2)
+                n_other = n_img // 2
+                orng = np.random.default_rng([seed, pid, CLASSES.index(other)])
+                ogeo = {**_patient_geometry(orng, other, s["height"], s["aspect"]), "w": geo["w"], "h": geo["h"]}
+                counts[split] += _write(tmp / split / other, other, pid, ogeo, orng, n_other, s)
+                n_img -= n_other
+            counts[split] += _write(tmp / split / cls, cls, pid, geo, prng, n_img, s)
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)

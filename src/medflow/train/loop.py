@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,9 +189,11 @@ def fit(
                 stopped_early = True
 
         if best_path.exists():
-            checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(best_path, checkpoint_path)
-        elif not checkpoint_path.exists():  # every epoch scored NaN: keep the last weights, say so
+            # Copied, not moved: a job killed before the resume file is removed restarts from it and
+            # needs the best weights again (Snakemake deletes the failed job's checkpoint).
+            with io.atomic_path(checkpoint_path) as tmp:
+                shutil.copyfile(best_path, tmp)
+        else:  # every epoch scored NaN: keep the last weights, say so
             log.warning("no epoch improved %s; saving the last epoch", cfg.monitor)
             _save_checkpoint(model, checkpoint_path, state["epoch"], cfg, float("nan"), checkpoint_meta, run_id)
         if curves_path is not None:
@@ -199,12 +201,13 @@ def fit(
         if run is not None:
             import mlflow
 
-            mlflow.log_metrics({f"best_{cfg.monitor}": float(state["best_score"] or float("nan")), "best_epoch": state["best_epoch"]})
+            mlflow.log_metrics({f"best_{cfg.monitor}": float("nan") if state["best_score"] is None else state["best_score"], "best_epoch": state["best_epoch"]})
             mlflow.log_artifact(str(checkpoint_path), artifact_path="checkpoint")
             if curves_path is not None:
                 mlflow.log_artifact(str(curves_path), artifact_path="plots")
             mlflow.log_dict({"history": state["history"]}, "history.json")
     resume_path.unlink(missing_ok=True)
+    best_path.unlink(missing_ok=True)  # after the resume file, which needs it
     return FitResult(state["best_epoch"], state["best_score"], state["history"], stopped_early, run_id)
 
 
