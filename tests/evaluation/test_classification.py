@@ -111,6 +111,7 @@ def draw(monkeypatch, plot, *args, **kwargs):
 
 def test_plot_roc_draws_each_two_class_curve_with_its_auc(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
 
     y2, p2 = [0, 1, 0, 1, 1], [0.2, 0.9, 0.6, 0.4, 0.8]
     out = tmp_path / "roc.png"
@@ -118,6 +119,7 @@ def test_plot_roc_draws_each_two_class_curve_with_its_auc(tmp_path, monkeypatch)
     curves = {"model": (Y, P), "one class": ([1, 1], [0.3, 0.9]), "other": (y2, p2)}
     _, fig = draw(monkeypatch, classification.plot_roc, curves, out)
     assert out.read_bytes()[:8] == PNG
+    assert plt.imread(out).shape[:2] == (450, 450)  # 4.5 in at 100 dpi
     ax = fig.axes[0]
     assert ax.get_title() == "ROC" and ax.get_xlabel() == "1 - specificity" and ax.get_ylabel() == "sensitivity"
     lines = ax.get_lines()
@@ -127,8 +129,10 @@ def test_plot_roc_draws_each_two_class_curve_with_its_auc(tmp_path, monkeypatch)
         assert np.allclose(line.get_xdata(), fpr) and np.allclose(line.get_ydata(), tpr)
     chance = lines[2]
     assert np.allclose(chance.get_xdata(), [0, 1]) and np.allclose(chance.get_ydata(), [0, 1])
+    assert chance.get_linestyle() == "--" and chance.get_linewidth() == 1 and to_rgba(chance.get_color()) == to_rgba("grey")
     legend = ax.get_legend()
     assert [t.get_text() for t in legend.get_texts()] == [f"model (AUC {brute_auc(Y, P):.3f})", f"other (AUC {brute_auc(y2, p2):.3f})"]
+    assert all(t.get_fontsize() == 8 for t in legend.get_texts())
     box, frame = legend.get_window_extent(), ax.get_window_extent()  # lower right, off the curves
     assert box.x0 > (frame.x0 + frame.x1) / 2 and box.y1 < (frame.y0 + frame.y1) / 2
     plt.close(fig)
@@ -140,6 +144,7 @@ def test_plot_roc_draws_each_two_class_curve_with_its_auc(tmp_path, monkeypatch)
 
 def test_plot_confusion_returns_and_draws_the_counts(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
 
     y_true = [0, 0, 1, 2, 2, 2, 1]
     y_pred = [0, 1, 1, 2, 0, 2, 1]
@@ -149,13 +154,16 @@ def test_plot_confusion_returns_and_draws_the_counts(tmp_path, monkeypatch):
     expected = np.array([[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 2, 0], [0, 0, 0, 0]])
     assert np.array_equal(cm, expected)  # rows are true classes, columns predicted
     assert out.read_bytes()[:8] == PNG
+    assert plt.imread(out).shape[:2] == (630, 680)  # (1.2 n + 1.5) x (1.2 n + 2) in at 100 dpi
     ax = fig.axes[0]
     assert ax.get_title() == "Confusion matrix" and ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
-    assert np.array_equal(ax.images[0].get_array(), expected)
+    assert ax.images[0].get_cmap().name == "Blues" and np.array_equal(ax.images[0].get_array(), expected)
     cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert cells == {(i, j): str(expected[i, j]) for i in range(4) for j in range(4)}
+    assert all(t.get_ha() == t.get_va() == "center" and to_rgba(t.get_color()) == to_rgba("black") for t in ax.texts)
     xticks = ax.get_xticklabels()
     assert [t.get_text() for t in xticks] == ["a", "b", "c", "d"]
+    assert all(t.get_rotation() == 45 and t.get_ha() == "right" for t in xticks)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c", "d"]
     plt.close(fig)
     cm2, fig = draw(monkeypatch, classification.plot_confusion, y_true, y_pred, ["a", "b", "c", "d"], tmp_path / "cm", title="CM")
