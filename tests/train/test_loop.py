@@ -118,6 +118,19 @@ def test_killed_run_resumes_from_last_epoch_with_the_same_result(tmp_path):
         assert torch.allclose(best_a["state_dict"][k], best_b["state_dict"][k])
 
 
+def dies_after_steps(steps):
+    """A train_step that raises KeyboardInterrupt (a kill) once it has run ``steps`` batches."""
+    n = [0]
+
+    def step(model, batch):
+        n[0] += 1
+        if n[0] > steps:
+            raise KeyboardInterrupt
+        return train_step(model, batch)
+
+    return step
+
+
 def test_resume_file_from_other_settings_is_ignored(tmp_path):
     run_fit(tmp_path, epochs=2)
     torch.save({"fingerprint": "other", "epoch": 1}, tmp_path / "model.pt.resume")
@@ -227,11 +240,7 @@ def test_no_finite_score_keeps_the_last_epoch_not_a_stale_checkpoint(tmp_path, c
 
 
 def test_stale_best_weights_of_other_settings_never_become_the_checkpoint(tmp_path, caplog):
-    def dies_in_epoch_3(model, batch, n=[0]):
-        n[0] += 1
-        if n[0] > 2:  # one batch per epoch
-            raise KeyboardInterrupt
-        return train_step(model, batch)
+    dies_in_epoch_3 = dies_after_steps(2)  # one batch per epoch
 
     with pytest.raises(KeyboardInterrupt):  # leaves a resume file and best weights (score 0.9) behind
         fit_scripted(tmp_path, [0.9, 0.8, 0.7], step=dies_in_epoch_3, fingerprint={"lr": 0.1})
@@ -405,11 +414,7 @@ def test_mlflow_run_continues_after_a_kill(tmp_path, mlflow_uri, monkeypatch):
     plotted, real_plot = [], loop.plot_history
     monkeypatch.setattr(loop, "plot_history", lambda h, path, monitor: plotted.append(monitor) or real_plot(h, path, monitor))
 
-    def dies_in_epoch_3(model, batch, n=[0]):
-        n[0] += 1
-        if n[0] > 2:
-            raise KeyboardInterrupt
-        return train_step(model, batch)
+    dies_in_epoch_3 = dies_after_steps(2)  # one batch per epoch
 
     with pytest.raises(KeyboardInterrupt):
         fit_scripted(tmp_path, values, step=dies_in_epoch_3, **kw)
@@ -494,11 +499,7 @@ def test_resume_file_written_on_a_gpu_node_resumes_on_the_cpu(tmp_path, monkeypa
     """The killed job ran on CUDA (its saved tensors say so); the restart lands on a CPU node."""
     import torch.serialization
 
-    def dies_in_epoch_3(model, batch, n=[0]):
-        n[0] += 1
-        if n[0] > 2:
-            raise KeyboardInterrupt
-        return train_step(model, batch)
+    dies_in_epoch_3 = dies_after_steps(2)  # one batch per epoch
 
     values = [0.5, 0.7, 0.6]
     evaluate_fn = scripted(values)
@@ -536,11 +537,7 @@ def test_resume_file_with_pickled_objects_is_refused(tmp_path):
 def test_resume_without_the_scheduler_it_was_written_with(tmp_path):
     """Same params, scheduler dropped: the saved scheduler state is ignored, training resumes."""
 
-    def dies_in_epoch_3(model, batch, n=[0]):
-        n[0] += 1
-        if n[0] > 2:
-            raise KeyboardInterrupt
-        return train_step(model, batch)
+    dies_in_epoch_3 = dies_after_steps(2)  # one batch per epoch
 
     values = [0.5, 0.7, 0.6]
     evaluate_fn = scripted(values)
