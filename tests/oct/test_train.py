@@ -86,3 +86,16 @@ def test_evaluation_run_is_tagged_with_the_training_run(run):
     assert runs["vgg16-test"].data.tags["training_run_id"] == runs["vgg16"].info.run_id == run["result"].run_id
     assert runs["vgg16-test"].data.metrics["test_accuracy"] == pytest.approx(run["report"]["accuracy"])
     assert "val_loss" in runs["vgg16"].data.metrics
+
+
+def test_a_last_batch_of_one_image_does_not_stop_training(run, monkeypatch):
+    """The head's BatchNorm cannot train on one image: a train set of k x batch + 1 images (the demo's
+    241 at batch 16, say) must still train."""
+    tmp = run["tmp"]
+    split = pd.read_csv(tmp / "split.csv")
+    n_train = int((split["split"] == "train").sum())
+    assert n_train >= 3
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", run["uri"])
+    params = {**PARAMS, "batch_size": n_train - 1}  # n_train % batch == 1
+    result = train(tmp / "OCT2017", tmp / "split.csv", tmp / "lone.pt", tmp / "lone.png", params, threads=1, seed=0, rule="test")
+    assert len(result.history) == 1 and (tmp / "lone.pt").exists()

@@ -80,7 +80,9 @@ def train(
 
     lk = loader_kwargs(device, threads)
     bs = int(params["batch_size"])
-    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=False, **lk)
+    # A last batch of one image cannot train the head's BatchNorm (torch raises): drop just that image
+    # per epoch (a different one each epoch, as the order is shuffled).
+    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) % bs == 1, **lk)
     val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, **lk)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(params["lr"]))
 
