@@ -13,9 +13,10 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 include: "rules/common.smk"
 include: "rules/tracking.smk"
-include: "rules/demo.smk"
+include: "rules/synthetic.smk"
 include: "rules/brats.smk"
-include: "rules/grade.smk"
+include: "rules/brats_segmentation.smk"
+include: "rules/brats_grade.smk"
 include: "rules/mrnet.smk"
 include: "rules/rsna.smk"
 include: "rules/oct.smk"

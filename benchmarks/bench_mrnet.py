@@ -16,10 +16,8 @@ import os
 import statistics
 import time
 
-# As in the training jobs (workflow/scripts/mrnet_train.py): idle OpenMP threads sleep, not spin.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import torch  # noqa: E402
+import medflow  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads, as in the workflow's jobs)
+import torch
 from torch.nn import functional as F
 
 from medflow.mrnet.data import PackedBatchSampler, collate_packed  # noqa: E402

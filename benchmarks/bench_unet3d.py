@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 
-# As the workflow's training jobs: idle OpenMP threads sleep (must be set before torch loads).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import medflow  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads, as in the workflow's jobs)
 
 import argparse
 import tempfile
@@ -34,9 +33,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from medflow.segmentation.data import PatchDataset
-from medflow.segmentation.inference import sliding_window
+from medflow.segmentation.predict import sliding_window
 from medflow.segmentation.loss import soft_dice_loss
-from medflow.segmentation.training import UNetParams, make_model
+from medflow.segmentation.train import UNetParams, make_model
 from medflow.train import autocast, loader_kwargs, select_device, to_device
 
 PRESETS = {

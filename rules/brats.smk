@@ -1,21 +1,27 @@
-# BraTS 2020 segmentation pipeline: ingest -> N4 -> trim -> stack (HDF5) -> patches -> 3D U-Net -> evaluation.
+# BraTS 2020 preprocessing, shared by the segmentation and grade pipelines:
+# ingest -> validate -> N4 -> trim -> stack (HDF5) -> patches.
 
 # >>> brats_prep
 # Preprocessing: ingest (split + manifest) and, per case, validate -> N4 -> trim -> stack (HDF5) ->
 # patches. Library: medflow.ingest.brats, medflow.preprocess.{n4,trim,stack,patches}.
 # Later stages read BRATS_SPLIT, BRATS_STACK and BRATS_PATCHES (docs/brats_preprocessing.md).
+from dataclasses import asdict
+
+from medflow.ingest.brats import MODALITIES as BRATS_MODALITIES
 from medflow.ingest.brats import raw_files as _brats_raw_files
+from medflow.preprocess.n4 import N4Params
 
 BRATS = f"{RESULTS}/brats"
-BRATS_MODALITIES = ["flair", "t1", "t1ce", "t2"]
 BRATS_SPLIT = f"{BRATS}/ingest/split.csv"
 BRATS_MANIFEST = f"{BRATS}/ingest/manifest.csv"
-BRATS_VALID = f"{BRATS}/ingest/validated/{{case}}.json"
+BRATS_VALID = f"{BRATS}/validate/{{case}}.json"
 BRATS_N4 = f"{BRATS}/n4/{{case}}/{{case}}_{{modality}}.nii.gz"
 BRATS_TRIM = f"{BRATS}/trim/{{case}}.json"
 BRATS_STACK = f"{BRATS}/stack/{{case}}.h5"
 BRATS_PATCHES = f"{BRATS}/patches/{{case}}.h5"
 
+# Only what changes the corrected image: threads and per_modality change how N4 runs, not its result.
+BRATS_N4_PARAMS = asdict(N4Params.from_config(config["brats"]["n4"]))
 BRATS_N4_CASE = expand(BRATS_N4, modality=BRATS_MODALITIES, allow_missing=True)  # one case's four outputs
 # {kind: path} of a case's raw files (as found on disk in a download: .nii[.gz], case 355's seg name)
 brats_raw = lambda case: _brats_raw_files(raw_dir("brats"), case, synthetic())
@@ -32,7 +38,7 @@ rule brats_ingest:
     params:
         raw=lambda wc: raw_dir("brats"),
         cases=lambda wc: brats_cases(),
-        fractions=config["brats"]["split"],
+        fractions=config["brats"]["ingest"]["split"],
         seed=config["seed"],
     log:
         f"{LOGS}/brats_ingest.log",
@@ -68,7 +74,7 @@ if config["brats"]["n4"]["per_modality"]:
         output:
             BRATS_N4,
         params:
-            n4=config["brats"]["n4"],
+            n4=BRATS_N4_PARAMS,
         threads: config["brats"]["n4"]["threads"]
         log:
             f"{LOGS}/brats_n4/{{case}}_{{modality}}.log",
@@ -89,7 +95,7 @@ else:
         output:
             BRATS_N4_CASE,
         params:
-            n4=config["brats"]["n4"],
+            n4=BRATS_N4_PARAMS,
         threads: config["brats"]["n4"]["threads"]
         log:
             f"{LOGS}/brats_n4/{{case}}.log",
@@ -159,83 +165,3 @@ rule brats_patches:
 
 
 # <<< brats_prep
-
-# >>> brats_segmentation
-# 3D U-Net on the patches of the train cases (best epoch by Dice on the val cases' patches), then
-# sliding-window inference over the whole stacked test cases. Library: medflow.segmentation
-# (docs/brats_segmentation.md). Both rules take every case's file: the split file, written by
-# brats_ingest at run time, says which case belongs where.
-BRATS_SEG = f"{BRATS}/segmentation"
-BRATS_SEG_CFG = config["brats"]["segmentation"]
-
-
-rule train_unet3d:
-    """3D U-Net with soft Dice loss on the patch HDF5s, through medflow.train.fit (resumable)."""
-    input:
-        patches=lambda wc: expand(BRATS_PATCHES, case=brats_cases()),
-        split=BRATS_SPLIT,
-        store=ancient(MLFLOW_STORE),
-    output:
-        checkpoint=f"{BRATS_SEG}/unet3d.pt",
-        curves=report(
-            f"{BRATS_SEG}/unet3d_curves.png",
-            category="brats_segmentation",
-            labels={"figure": "training curves"},
-        ),
-    params:
-        unet3d=BRATS_SEG_CFG["unet3d"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
-    log:
-        f"{LOGS}/train_unet3d.log",
-    benchmark:
-        f"{BENCH}/train_unet3d.tsv"
-    conda:
-        "../envs/medflow.yaml"
-    script:
-        "../workflow/scripts/train_unet3d.py"
-
-
-rule evaluate_unet3d:
-    """Dice/HD95 of the BraTS regions and labels on the test cases, NIfTI predictions, overlays."""
-    input:
-        checkpoint=rules.train_unet3d.output.checkpoint,
-        stacks=lambda wc: expand(BRATS_STACK, case=brats_cases()),
-        split=BRATS_SPLIT,
-        store=ancient(MLFLOW_STORE),
-    output:
-        metrics=f"{BRATS_SEG}/metrics.json",
-        per_case=report(
-            f"{BRATS_SEG}/per_case.csv",
-            category="brats_segmentation",
-            labels={"table": "Dice and HD95 per test case"},
-        ),
-        predictions=directory(f"{BRATS_SEG}/predictions"),
-        overlays=report(
-            directory(f"{BRATS_SEG}/overlays"),
-            patterns=["{case}.png"],
-            category="brats_segmentation",
-            labels={"figure": "overlay", "case": "{case}"},
-        ),
-    params:
-        evaluate=BRATS_SEG_CFG["evaluate_unet3d"],
-        threshold=BRATS_SEG_CFG["unet3d"]["threshold"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
-    log:
-        f"{LOGS}/evaluate_unet3d.log",
-    benchmark:
-        f"{BENCH}/evaluate_unet3d.tsv"
-    conda:
-        "../envs/medflow.yaml"
-    script:
-        "../workflow/scripts/evaluate_unet3d.py"
-
-
-register_final("brats_segmentation", [rules.evaluate_unet3d.output.metrics])
-# <<< brats_segmentation

@@ -12,11 +12,10 @@ validate(config, schema="../config/schema.yaml")
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
-# Idle OpenMP threads that spin steal the cores CPU jobs beside them run on (6-7x slower training
-# measured on 2 shared cores); passive waiting costs nothing when a job has its cores to itself.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# Importing medflow sets OMP_WAIT_POLICY (medflow/__init__.py) for this process and every job it starts.
 from medflow import tracking  # noqa: E402
+from medflow.ingest.brats import MODALITIES  # noqa: E402
+from medflow.ingest.mrnet import PLANES, TASKS  # noqa: E402
 
 RESULTS = config["results"]
 LOGS = f"{RESULTS}/logs"
@@ -29,9 +28,9 @@ MLFLOW_STORE = f"{RESULTS}/mlflow/store.json"
 
 wildcard_constraints:
     case=r"BraTS20_Training_\d+",
-    modality="flair|t1|t1ce|t2",
-    task="acl|meniscus|abnormal",
-    plane="axial|coronal|sagittal",
+    modality="|".join(MODALITIES),
+    task="|".join(TASKS),
+    plane="|".join(PLANES),
     fold=r"all|\d+",
 
 
@@ -44,7 +43,7 @@ def synthetic():
     return bool(config["synthetic"]["enabled"])
 
 
-# Where each data set's raw download lies: the synthetic copy under results/raw when the demo is on
+# Where each data set's raw download lies: the synthetic copy under results/synthetic when the demo is on
 # (it never writes into a user's download), the user's folder otherwise.
 RAW_SUBDIR = {
     "brats": "MICCAI_BraTS2020_TrainingData",
@@ -56,7 +55,7 @@ RAW_SUBDIR = {
 
 def raw_dir(dataset):
     if synthetic():
-        return f"{RESULTS}/raw/{dataset}/{RAW_SUBDIR[dataset]}"
+        return f"{RESULTS}/synthetic/{dataset}/{RAW_SUBDIR[dataset]}"
     return config[dataset]["raw_dir"]
 
 
@@ -70,17 +69,20 @@ def brats_cases():
         from medflow.ingest.brats import discover_cases
 
         cases = discover_cases(raw_dir("brats"))
-    excluded = set(config["brats"]["exclude_cases"])
+    excluded = set(config["brats"]["ingest"]["exclude_cases"])
     return [c for c in cases if c not in excluded]
 
 
-# Each rules file registers the outputs that finish its pipeline; `all` and the report collect them.
+# Each rules file registers its pipeline's metrics file (the one the report reads: its `headline`
+# block) and any other outputs that finish it; `all` and the report collect them.
+FINAL_METRICS = {}
 FINAL_OUTPUTS = {}
 
 
-def register_final(pipeline, paths):
+def register_final(pipeline, metrics, outputs=()):
     if is_activated(pipeline):
-        FINAL_OUTPUTS[pipeline] = list(paths)
+        FINAL_METRICS[pipeline] = metrics
+        FINAL_OUTPUTS[pipeline] = [metrics, *outputs]
 
 
 def get_final_output():

@@ -1,14 +1,16 @@
 # MRNet knee MRI: ingest -> one MRNet per task x plane x fold -> stacking + evaluation per task -> summary.
 # The nine task x plane models (and their folds) are independent jobs: they run in parallel as far as
-# the `gpu` resource allows, locally or on SLURM.
+# the `gpu` resource allows, locally or on SLURM. Library: medflow.ingest.mrnet, medflow.mrnet (docs/mrnet.md).
+from medflow.ingest.mrnet import PLANES as MRNET_PLANES
+from medflow.ingest.mrnet import TASKS as MRNET_TASKS
 
 MRNET = f"{RESULTS}/mrnet"
-MRNET_TASKS = ["abnormal", "acl", "meniscus"]
-MRNET_PLANES = ["axial", "coronal", "sagittal"]
-MRNET_TRAIN_DIR = f"{MRNET}/{{task}}/{{plane}}/fold_{{fold}}"
+MRNET_CFG = config["mrnet"]
+MRNET_TRAIN = f"{MRNET}/train/{{task}}/{{plane}}/fold_{{fold}}"
+MRNET_EVALUATE = f"{MRNET}/evaluate/{{task}}"
 # Training folds the stacker needs: each of the k folds (out-of-fold stacking only), and `all`.
-MRNET_OOF = config["mrnet"]["stacking"]["fit_on"] == "out_of_fold"
-MRNET_FOLDS = [str(k) for k in range(config["mrnet"]["folds"]) if MRNET_OOF] + ["all"]
+MRNET_OOF = MRNET_CFG["evaluate"]["fit_on"] == "out_of_fold"
+MRNET_FOLDS = [str(k) for k in range(MRNET_CFG["ingest"]["folds"]) if MRNET_OOF] + ["all"]
 
 
 rule mrnet_ingest:
@@ -16,10 +18,10 @@ rule mrnet_ingest:
     input:
         [f"{raw_dir('mrnet')}/{split}-{task}.csv" for split in ("train", "valid") for task in MRNET_TASKS],
     output:
-        manifest=f"{MRNET}/manifest.csv",
-        folds=f"{MRNET}/folds.csv",
+        manifest=f"{MRNET}/ingest/manifest.csv",
+        folds=f"{MRNET}/ingest/folds.csv",
     params:
-        k=config["mrnet"]["folds"],
+        ingest=MRNET_CFG["ingest"],
         seed=config["seed"],
     log:
         f"{LOGS}/mrnet_ingest.log",
@@ -36,14 +38,13 @@ rule mrnet_train:
         folds=rules.mrnet_ingest.output.folds,
         store=ancient(MLFLOW_STORE),
     output:
-        checkpoint=f"{MRNET_TRAIN_DIR}/model.pt",
-        predictions=f"{MRNET_TRAIN_DIR}/predictions.csv",
-        summary=f"{MRNET_TRAIN_DIR}/train.json",
-        curves=f"{MRNET_TRAIN_DIR}/curves.png",
+        checkpoint=f"{MRNET_TRAIN}/model.pt",
+        predictions=f"{MRNET_TRAIN}/predictions.csv",
+        summary=f"{MRNET_TRAIN}/train.json",
+        curves=f"{MRNET_TRAIN}/curves.png",
     params:
         root=raw_dir("mrnet"),
-        model=config["mrnet"]["model"],
-        train=config["mrnet"]["train"],
+        train=MRNET_CFG["train"],
         seed=config["seed"],
         bf16=config["compute"]["bf16"],
     threads: config["compute"]["train_threads"]
@@ -64,20 +65,26 @@ rule mrnet_evaluate:
     input:
         folds=rules.mrnet_ingest.output.folds,
         # plane by plane, fold by fold: the order the script reads them in
-        predictions=expand(f"{MRNET_TRAIN_DIR}/predictions.csv", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
-        summaries=expand(f"{MRNET_TRAIN_DIR}/train.json", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
+        predictions=expand(
+            f"{MRNET_TRAIN}/predictions.csv", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True
+        ),
+        summaries=expand(f"{MRNET_TRAIN}/train.json", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
         store=ancient(MLFLOW_STORE),
     output:
-        metrics=f"{MRNET}/{{task}}/metrics.json",
-        predictions=f"{MRNET}/{{task}}/predictions.csv",
-        roc=report(f"{MRNET}/{{task}}/roc.png", category="mrnet", subcategory="{task}", labels={"task": "{task}", "figure": "ROC"}),
-        stacker=f"{MRNET}/{{task}}/stacker.json",
+        metrics=f"{MRNET_EVALUATE}/metrics.json",
+        predictions=f"{MRNET_EVALUATE}/predictions.csv",
+        roc=report(
+            f"{MRNET_EVALUATE}/roc.png",
+            category="mrnet",
+            subcategory="{task}",
+            labels={"task": "{task}", "figure": "ROC"},
+        ),
+        stacker=f"{MRNET_EVALUATE}/stacker.json",
     params:
         planes=MRNET_PLANES,
         folds=MRNET_FOLDS,
-        fit_on=config["mrnet"]["stacking"]["fit_on"],
-        C=config["mrnet"]["stacking"]["C"],
-        class_weight=config["mrnet"]["stacking"]["class_weight"],
+        evaluate=MRNET_CFG["evaluate"],
+        bootstrap=config["evaluation"],
         seed=config["seed"],
     log:
         f"{LOGS}/mrnet_evaluate/{{task}}.log",
@@ -88,11 +95,13 @@ rule mrnet_evaluate:
 
 
 rule mrnet_summary:
-    """One table over the three tasks: valid AUC per plane and stacked, stacked accuracy/sensitivity/specificity."""
+    """One table over the three tasks (valid AUC per plane and stacked, stacked accuracy/sensitivity/
+    specificity) and the pipeline's headline metrics."""
     input:
-        expand(f"{MRNET}/{{task}}/metrics.json", task=MRNET_TASKS),
+        expand(f"{MRNET_EVALUATE}/metrics.json", task=MRNET_TASKS),
     output:
-        report(f"{MRNET}/summary.csv", category="mrnet", labels={"table": "valid AUC per task"}),
+        table=report(f"{MRNET}/summary/summary.csv", category="mrnet", labels={"table": "valid AUC per task"}),
+        metrics=f"{MRNET}/summary/metrics.json",
     params:
         tasks=MRNET_TASKS,
     log:
@@ -105,6 +114,7 @@ rule mrnet_summary:
 
 register_final(
     "mrnet",
-    [f"{MRNET}/summary.csv"]
-    + expand(f"{MRNET}/{{task}}/{{name}}", task=MRNET_TASKS, name=["metrics.json", "predictions.csv", "roc.png"]),
+    metrics=rules.mrnet_summary.output.metrics,
+    outputs=[rules.mrnet_summary.output.table]
+    + expand(f"{MRNET_EVALUATE}/{{name}}", task=MRNET_TASKS, name=["metrics.json", "predictions.csv", "roc.png"]),
 )

@@ -30,8 +30,8 @@ rule oct_train:
         split=rules.oct_ingest.output.split,
         store=ancient(MLFLOW_STORE),
     output:
-        checkpoint=f"{OCT}/model.pt",
-        curves=report(f"{OCT}/curves.png", category="oct", labels={"figure": "training curves"}),
+        checkpoint=f"{OCT}/train/model.pt",
+        curves=report(f"{OCT}/train/curves.png", category="oct", labels={"figure": "training curves"}),
     params:
         root=lambda wc: raw_dir("oct"),
         train=OCT_CFG["train"],
@@ -57,12 +57,15 @@ rule oct_evaluate:
         split=rules.oct_ingest.output.split,
         store=ancient(MLFLOW_STORE),
     output:
-        metrics=f"{OCT}/metrics.json",
-        predictions=report(f"{OCT}/predictions.csv", category="oct", labels={"table": "test predictions (top-k)"}),
-        confusion=report(f"{OCT}/confusion.png", category="oct", labels={"figure": "confusion matrix (test)"}),
+        metrics=f"{OCT}/evaluate/metrics.json",
+        predictions=report(f"{OCT}/evaluate/predictions.csv", category="oct", labels={"table": "test predictions (top-k)"}),
+        confusion=report(f"{OCT}/evaluate/confusion.png", category="oct", labels={"figure": "confusion matrix (test)"}),
     params:
         root=lambda wc: raw_dir("oct"),
         evaluate=OCT_CFG["evaluate"],
+        bootstrap=config["evaluation"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     threads: config["compute"]["train_threads"]
     resources:
         gpu=gpu_resource(),
@@ -76,4 +79,4 @@ rule oct_evaluate:
         "../workflow/scripts/oct_evaluate.py"
 
 
-register_final("oct", [rules.oct_evaluate.output.metrics, rules.oct_evaluate.output.predictions, rules.oct_evaluate.output.confusion])
+register_final("oct", metrics=rules.oct_evaluate.output.metrics, outputs=[rules.oct_evaluate.output.predictions])

@@ -5,18 +5,15 @@
 report: "../workflow/report/workflow.rst"
 
 
-REPORT_METRICS = {p: paths[0] for p, paths in FINAL_OUTPUTS.items()}
-
-
 rule report:
     input:
-        metrics=list(REPORT_METRICS.values()),
+        metrics=list(FINAL_METRICS.values()),
         store=ancient(MLFLOW_STORE),
     output:
         html=report(f"{RESULTS}/report/report.html", category="Summary"),
         md=f"{RESULTS}/report/summary.md",
     params:
-        pipelines=list(REPORT_METRICS),
+        pipelines=list(FINAL_METRICS),
         config=config,
         mlflow_ui=config["report"]["mlflow_ui"],
     log:

@@ -1,6 +1,6 @@
 # RSNA pneumonia (DICOM): ingest (manifest + patient split) -> metadata table and EDA plots ->
 # preprocessing into one HDF5 -> the two-input CNN and its image-only comparison -> evaluation.
-# Library: medflow.ingest.rsna, medflow.rsna.{metadata,eda,preprocess,train,evaluate}.
+# Library: medflow.ingest.rsna, medflow.rsna.{metadata,eda,preprocess,train,evaluate} (docs/rsna.md).
 from medflow.rsna.eda import PLOTS as RSNA_EDA_PLOTS
 
 RSNA = f"{RESULTS}/rsna"
@@ -24,7 +24,7 @@ rule rsna_ingest:
         manifest=f"{RSNA}/ingest/manifest.csv",
         split=f"{RSNA}/ingest/split.csv",
     params:
-        fractions=config["rsna"]["ingest"]["split"],
+        ingest=config["rsna"]["ingest"],
         seed=config["seed"],
     log:
         f"{LOGS}/rsna_ingest.log",
@@ -101,8 +101,8 @@ rule rsna_train:
         split=rules.rsna_ingest.output.split,
         store=ancient(MLFLOW_STORE),
     output:
-        checkpoint=f"{RSNA}/train/{{variant}}.pt",
-        curves=report(f"{RSNA}/train/{{variant}}_curves.png", category="rsna", subcategory="training"),
+        checkpoint=f"{RSNA}/train/{{variant}}/model.pt",
+        curves=report(f"{RSNA}/train/{{variant}}/curves.png", category="rsna", subcategory="training"),
     wildcard_constraints:
         variant="|".join(RSNA_VARIANTS),
     params:
@@ -127,16 +127,17 @@ rule rsna_evaluate:
     input:
         h5=rules.rsna_preprocess.output.h5,
         split=rules.rsna_ingest.output.split,
-        checkpoints=expand(f"{RSNA}/train/{{variant}}.pt", variant=RSNA_VARIANTS),
+        checkpoints=expand(rules.rsna_train.output.checkpoint, variant=RSNA_VARIANTS),
         store=ancient(MLFLOW_STORE),
     output:
-        metrics=f"{RSNA}/metrics.json",
-        roc=report(f"{RSNA}/roc.png", category="rsna"),
-        predictions=f"{RSNA}/predictions.csv",
+        metrics=f"{RSNA}/evaluate/metrics.json",
+        roc=report(f"{RSNA}/evaluate/roc.png", category="rsna"),
+        predictions=f"{RSNA}/evaluate/predictions.csv",
     params:
         variants=RSNA_VARIANTS,
-        threshold=config["rsna"]["evaluate"]["threshold"],
-        batch_size=config["rsna"]["evaluate"]["batch_size"],
+        evaluate=config["rsna"]["evaluate"],
+        bootstrap=config["evaluation"],
+        seed=config["seed"],
         bf16=config["compute"]["bf16"],
     threads: config["compute"]["train_threads"]
     resources:
@@ -151,11 +152,4 @@ rule rsna_evaluate:
         "../workflow/scripts/rsna_evaluate.py"
 
 
-register_final(
-    "rsna",
-    [
-        rules.rsna_evaluate.output.metrics,
-        rules.rsna_evaluate.output.roc,
-        *rules.rsna_eda.output,
-    ],
-)
+register_final("rsna", metrics=rules.rsna_evaluate.output.metrics, outputs=rules.rsna_eda.output)

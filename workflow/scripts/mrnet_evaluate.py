@@ -1,6 +1,6 @@
 from medflow import io
 from medflow.jobs import start
-from medflow.mrnet.evaluation import Outputs, evaluate_task
+from medflow.mrnet.evaluate import Outputs, evaluate_task
 
 log = start(snakemake)
 p = snakemake.params
@@ -17,9 +17,9 @@ evaluate_task(
     predictions,
     snakemake.input.folds,
     Outputs(out.metrics, out.predictions, out.roc, out.stacker),
-    fit_on=p.fit_on,
-    C=p.C,
-    class_weight=p.class_weight,
+    fit_on=p.evaluate["fit_on"],
+    C=p.evaluate["C"],
+    class_weight=p.evaluate["class_weight"],
     seed=p.seed,
     run_ids=run_ids,
 )

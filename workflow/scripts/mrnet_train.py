@@ -1,11 +1,5 @@
-import os
-
-# Set before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared or busy
-# CPU, spinning threads fight for cores and a 2-thread job ran 5x slower than with this (docs/mrnet.md).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from medflow.jobs import start  # noqa: E402
-from medflow.mrnet.train import Outputs, train_plane  # noqa: E402
+from medflow.jobs import start
+from medflow.mrnet.train import Outputs, train_plane
 
 log = start(snakemake)
 wc, out = snakemake.wildcards, snakemake.output
@@ -16,7 +10,7 @@ train_plane(
     task=wc.task,
     plane=wc.plane,
     fold=wc.fold,
-    model_cfg=snakemake.params.model,
+    model_cfg=snakemake.params.train["model"],
     train_cfg=snakemake.params.train,
     seed=snakemake.params.seed,
     threads=snakemake.threads,

@@ -14,8 +14,8 @@ import torch
 from medflow import tracking
 from medflow.segmentation import metrics, regions
 from medflow.preprocess.patches import PatchParams, sample_case, standardize
-from medflow.segmentation.evaluation import EvalParams, evaluate_unet3d, predict_case
-from medflow.segmentation.training import UNetParams, train_unet3d
+from medflow.segmentation.evaluate import EvalParams, evaluate_unet3d, predict_case
+from medflow.segmentation.train import UNetParams, train_unet3d
 from medflow.train import load_checkpoint
 from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for, make_case, write_stack
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medflow.segmentation.unet3d import UNet3D, build
+from medflow.segmentation.model import UNet3D, build
 
 
 @pytest.mark.parametrize("upsampling", ["transpose", "upsample"])

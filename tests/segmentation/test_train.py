@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from medflow.errors import InputError
-from medflow.segmentation import training
-from medflow.segmentation.training import UNetParams, train_unet3d
+from medflow.segmentation import train
+from medflow.segmentation.train import UNetParams, train_unet3d
 from medflow.train import load_checkpoint
 from tests.segmentation.fakes import write_split
 
@@ -48,7 +48,7 @@ def test_cpu_training_is_deterministic_and_resumes_where_it_stopped(dataset, tmp
     assert a.history == b.history
 
     # Interrupt the third epoch, as a killed job would, then start again.
-    real = training.make_steps
+    real = train.make_steps
 
     def interrupting(params):
         step, evaluate = real(params)

@@ -8,12 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for
-from medflow.segmentation import inference, regions
+from medflow.segmentation import predict, regions
 
 
 @pytest.mark.parametrize("size,window,overlap", [(20, 8, 0.5), (16, 8, 0.0), (17, 8, 0.25), (5, 8, 0.5), (8, 8, 0.5)])
 def test_windows_cover_the_volume_with_the_overlap(size, window, overlap):
-    starts = inference.window_starts(size, window, overlap)
+    starts = predict.window_starts(size, window, overlap)
     covered = np.zeros(max(size, window), bool)
     for s in starts:
         covered[s : s + window] = True
@@ -28,7 +28,7 @@ def test_windows_cover_every_voxel_for_any_size_window_and_overlap(size, window,
     """Windows start at 0, stay inside the (padded) axis, end at its border, cover every voxel and
     overlap their neighbours by at least ``overlap`` of the window (at most window - 1 voxels can)."""
     padded = max(size, window)
-    starts = inference.window_starts(size, window, overlap)
+    starts = predict.window_starts(size, window, overlap)
     assert starts == sorted(set(starts)), "distinct, in order"
     assert starts[0] == 0 and starts[-1] + window == padded
     assert all(0 <= s and s + window <= padded for s in starts)
@@ -43,7 +43,7 @@ def test_windows_cover_every_voxel_for_any_size_window_and_overlap(size, window,
 @pytest.mark.parametrize("overlap", [-0.1, 1.0])
 def test_overlap_outside_zero_one_is_refused(overlap):
     with pytest.raises(ValueError, match="overlap"):
-        inference.window_starts(10, 4, overlap)
+        predict.window_starts(10, 4, overlap)
 
 
 class Pointwise(torch.nn.Module):
@@ -63,7 +63,7 @@ class Pointwise(torch.nn.Module):
 def test_sliding_window_equals_whole_volume_prediction(blend, shape):
     model = Pointwise().eval()
     image = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
-    probs = inference.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, blend=blend, device=torch.device("cpu"))
+    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, blend=blend, device=torch.device("cpu"))
     with torch.no_grad():
         direct = model(torch.from_numpy(image)[None])[0].numpy()
     assert probs.shape == (3, *shape)
@@ -71,13 +71,13 @@ def test_sliding_window_equals_whole_volume_prediction(blend, shape):
 
 
 @given(st.tuples(*[st.integers(1, 9)] * 3), st.tuples(*[st.integers(1, 6)] * 3), st.sampled_from([0.0, 0.3, 0.5, 0.8]),
-       st.integers(1, 4), st.sampled_from(inference.BLENDS), st.integers(0, 2**16))
+       st.integers(1, 4), st.sampled_from(predict.BLENDS), st.integers(0, 2**16))
 def test_sliding_window_of_a_voxelwise_model_is_its_voxelwise_output(shape, window, overlap, batch_size, blend, seed):
     """Any volume (also thinner than the window), window, overlap and batch: a voxel-wise model's
     blended windows give back exactly its output on the whole volume, shape (L, Z, Y, X)."""
     model = Pointwise().eval()
     image = np.random.default_rng(seed).standard_normal((4, *shape)).astype(np.float32)
-    probs = inference.sliding_window(model, image, window, overlap=overlap, batch_size=batch_size, blend=blend,
+    probs = predict.sliding_window(model, image, window, overlap=overlap, batch_size=batch_size, blend=blend,
                                      device=torch.device("cpu"), bf16=False)
     with torch.no_grad():
         direct = model(torch.from_numpy(image)[None])[0].numpy()
@@ -97,8 +97,8 @@ def test_prediction_overlays_on_the_raw_nifti(tmp_path):
     loaded = np.asarray(nib.load(tmp_path / "seg.nii.gz").dataobj)
     stacked = regions.to_stored(loaded.transpose(2, 1, 0)[KEPT[0] : KEPT[1]])  # the stacking contract
 
-    full = inference.uncrop(regions.to_brats(stacked), KEPT, ORIGINAL_ZYX)
-    inference.write_nifti(full, affine, tmp_path / "pred.nii.gz")
+    full = predict.uncrop(regions.to_brats(stacked), KEPT, ORIGINAL_ZYX)
+    predict.write_nifti(full, affine, tmp_path / "pred.nii.gz")
     pred = nib.load(tmp_path / "pred.nii.gz")
     assert pred.get_data_dtype() == np.uint8
     assert np.array_equal(np.asarray(pred.dataobj), raw_xyz)
@@ -109,7 +109,7 @@ def test_prediction_overlays_on_the_raw_nifti(tmp_path):
 def test_transform_is_applied_to_every_window():
     model = Pointwise().eval()
     image = np.random.default_rng(1).standard_normal((4, 10, 20, 20)).astype(np.float32)
-    probs = inference.sliding_window(model, image, (8, 16, 16), overlap=0.25, transform=lambda w: 2 * w + 1,
+    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.25, transform=lambda w: 2 * w + 1,
                                      device=torch.device("cpu"))
     with torch.no_grad():
         direct = model(torch.from_numpy(2 * image + 1)[None])[0].numpy()

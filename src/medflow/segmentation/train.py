@@ -22,7 +22,7 @@ from medflow.segmentation import regions
 from medflow.segmentation.data import PatchDataset
 from medflow.segmentation.loss import soft_dice_loss
 from medflow.segmentation.metrics import dice_from_counts
-from medflow.segmentation.unet3d import UNet3D
+from medflow.segmentation.model import UNet3D
 from medflow.train import FitConfig, FitResult, Tracking, fit, loader_kwargs, seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ EXPERIMENT = "brats_segmentation"
 
 @dataclass
 class UNetParams:
-    """Hyperparameters (``brats.segmentation.unet3d`` in config)."""
+    """Hyperparameters (``brats.segmentation.model`` in config)."""
 
     depth: int = 3
     base_filters: int = 8
@@ -135,7 +135,7 @@ def train_unet3d(
     model = make_model(params)
     bad = [s for s in train_ds.patch_size if s % model.divisor]
     if bad:
-        raise InputError(patch_files[cases["train"][0]], f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; change the patch size or brats.segmentation.unet3d.depth")
+        raise InputError(patch_files[cases["train"][0]], f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; change the patch size or brats.segmentation.model.depth")
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     kw = loader_kwargs(device, threads)
     train_loader = DataLoader(train_ds, batch_size=params.batch_size, shuffle=True, **kw)

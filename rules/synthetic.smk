@@ -1,4 +1,4 @@
-# Synthetic raw data in the exact public layouts, written under results/raw/<dataset>/ when
+# Synthetic raw data in the exact public layouts, written under results/synthetic/<dataset>/ when
 # `synthetic.enabled` is true (the default). One rule per data set; deterministic from `seed`.
 
 # >>> synthetic_brats
@@ -12,7 +12,7 @@ if synthetic():
             volumes=[
                 f"{raw_dir('brats')}/{case}/{case}_{kind}.nii"
                 for case in synthetic_brats_case_ids(config["synthetic"]["brats"])
-                for kind in ("flair", "t1", "t1ce", "t2", "seg")
+                for kind in (*MODALITIES, "seg")
             ],
         params:
             cfg=config["synthetic"]["brats"],
@@ -38,7 +38,7 @@ if synthetic():
             labels=[
                 f"{raw_dir('mrnet')}/{split}-{task}.csv"
                 for split in ("train", "valid")
-                for task in ("abnormal", "acl", "meniscus")
+                for task in TASKS
             ],
         params:
             cfg=config["synthetic"]["mrnet"],

@@ -29,10 +29,10 @@ import torch
 from medflow import io
 from medflow.errors import InputError
 from medflow.ingest.splits import ids_in, read_split
-from medflow.segmentation import inference, regions
+from medflow.segmentation import predict, regions
 from medflow.segmentation.data import read_stack
 from medflow.segmentation.metrics import HD95_EMPTY, case_metrics, flat_row, summarise
-from medflow.segmentation.unet3d import build
+from medflow.segmentation.model import build
 from medflow.train import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def predict_case(model, image: np.ndarray, window: Sequence[int], params: EvalPa
         raise ValueError(f"standardise must be one of {STANDARDISE}, got {params.standardise!r}")
     per_window = params.standardise == "window"
     x = image if per_window else standardize(image)
-    probs = inference.sliding_window(model, x, window, overlap=params.overlap, batch_size=params.batch_size,
+    probs = predict.sliding_window(model, x, window, overlap=params.overlap, batch_size=params.batch_size,
                                      blend=params.blend, device=device, bf16=bf16,
                                      transform=standardize if per_window else None)
     return regions.probabilities_to_labels(probs, params.threshold)
@@ -134,8 +134,8 @@ def evaluate_unet3d(
             per_case[case] = case_metrics(pred, stack.label, stack.spacing_zyx)
             for name, base in baseline_predictions(stack.image).items():
                 per_baseline[name][case] = case_metrics(base, stack.label, stack.spacing_zyx, with_hd95=False)
-            full = inference.uncrop(regions.to_brats(pred), stack.kept_z_range, stack.original_shape_zyx)
-            inference.write_nifti(full, stack.affine, tmp_pred / f"{case}.nii.gz")
+            full = predict.uncrop(regions.to_brats(pred), stack.kept_z_range, stack.original_shape_zyx)
+            predict.write_nifti(full, stack.affine, tmp_pred / f"{case}.nii.gz")
             if len(overlay_paths) < params.n_overlays:
                 plot_overlay(stack.image[0], stack.label, pred, tmp_ov / f"{case}.png", title=case, z_offset=stack.kept_z_range[0])
                 overlay_paths.append(ov_dir / f"{case}.png")

@@ -67,7 +67,7 @@ def _outputs(d):
 
 def test_evaluate_task_writes_metrics_predictions_roc_and_stacker(jobs, caplog):
     d, preds, truth = jobs
-    caplog.set_level(logging.INFO, logger="medflow.mrnet.evaluation")
+    caplog.set_level(logging.INFO, logger="medflow.mrnet.evaluate")
     m = ev.evaluate_task("acl", preds, d / "folds.csv", _outputs(d), tracking=False)  # the defaults
     assert json.loads((d / "metrics.json").read_text()) == m
     assert m["task"] == "acl"
