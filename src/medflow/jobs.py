@@ -1,4 +1,4 @@
-"""What every workflow script does first: log to the rule's log file and report bad input in one line.
+"""What every workflow script does first: log to the rule's log file and report bad input without a traceback.
 
 Usage at the top of ``workflow/scripts/<rule>.py``::
 
@@ -19,8 +19,10 @@ from medflow.errors import InputError
 def start(smk, name: str | None = None) -> logging.Logger:
     """Send stderr and logging to ``smk.log[0]`` (append, so a resumed job keeps its history).
 
-    An :class:`InputError` ends the job with its one-line message (file and problem) instead of a
-    traceback; any other exception keeps its full traceback for debugging.
+    An :class:`InputError` ends the job with its message instead of a traceback: one ``ERROR: <file>:
+    <problem>`` line per problem (every problem of an :class:`~medflow.errors.InputErrors`, then its count
+    line), in the log and on the console; any other exception keeps its full traceback for debugging
+    (in the log; its last line on the console).
     """
     log_path = smk.log[0] if len(smk.log) else None
     if log_path:
@@ -37,13 +39,17 @@ def start(smk, name: str | None = None) -> logging.Logger:
 
     def excepthook(exc_type, exc, tb):
         if issubclass(exc_type, InputError):
-            msg = f"ERROR: {exc}"
+            # One "ERROR: <file>: <problem>" line per problem (InputErrors: every one, then the count).
+            msg = "\n".join(f"ERROR: {line}" for line in str(exc).splitlines())
+            console = msg
         else:
             msg = "".join(traceback.format_exception(exc_type, exc, tb))
+            console = msg.splitlines()[-1]
         sys.stderr.write(msg + "\n")
         sys.stderr.flush()
         if log_path:  # Snakemake shows the job's stderr only through the log: say it on the console too.
-            sys.__stderr__.write(msg.splitlines()[-1] + f"\n(see {log_path})\n")
+            sys.__stderr__.write(console + f"\n(see {log_path})\n")
+            sys.__stderr__.flush()
 
     sys.excepthook = excepthook
     return logging.getLogger(name or getattr(smk, "rule", "medflow"))

@@ -1,4 +1,4 @@
-"""BraTS ingest: discovery of real-layout quirks, one clear error per malformed case, split and manifest."""
+"""BraTS ingest: discovery of real-layout quirks, every problem of a malformed case at once, split and manifest."""
 
 from __future__ import annotations
 
@@ -170,3 +170,54 @@ def test_manifest_from_headers_keeps_going_past_a_broken_case(raw, tmp_path):
     assert row.loc[CASE, "files"].split(";") == [f"{CASE}_{k}.nii" for k in ("flair", "t1", "t1ce", "t2", "seg")]
     assert row.loc["BraTS20_Training_003", "missing"] == "t2"
     assert row.loc["BraTS20_Training_004", "shape_xyz"] == ""
+
+
+def _assert_reported(err, expected):
+    """``err`` reports exactly ``expected`` [(path, words in its problem)], one line each, then the count."""
+    lines = str(err).splitlines()
+    assert lines[-1] == f"{len(expected)} problems in the input; nothing was written"
+    assert len(lines) == len(expected) + 1, lines
+    for (path, words), e, line in zip(expected, err.errors, lines):
+        assert e.path == str(path) and words in e.problem and line == f"{path}: {e.problem}", line
+
+
+def test_every_problem_of_a_case_is_reported_at_once(raw):
+    _nan(raw)
+    _shape(raw)
+    seg = np.asanyarray(nib.load(path(raw, "seg"), mmap=False).dataobj).copy()
+    seg[0, 0, 0] = 3
+    rewrite(raw, "seg", seg)
+    with pytest.raises(InputError) as exc:
+        brats.validate_case(raw, CASE)
+    _assert_reported(exc.value, [(path(raw, "flair"), "contains NaN"),
+                                 (path(raw, "t1"), "shape [32, 32, 20] differs from flair's [32, 32, 24]"),
+                                 (path(raw, "seg"), "segmentation values {3} outside")])
+
+
+def test_an_unreadable_flair_does_not_hide_the_other_files(raw):
+    _not_nifti(raw)
+    path(raw, "seg").unlink()
+    rewrite(raw, "t2", np.ones((32, 32, 20), np.int16))
+    with pytest.raises(InputError) as exc:
+        brats.validate_case(raw, CASE)
+    _assert_reported(exc.value, [(path(raw, "seg"), "missing segmentation"),
+                                 (path(raw, "flair"), "not a readable NIfTI"),
+                                 (path(raw, "t2"), "shape [32, 32, 20] differs from t1's [32, 32, 24]")])
+
+
+def test_every_missing_or_bad_mapping_row_is_reported_before_anything_is_written(raw, tmp_path):
+    cases = sb.case_ids(CFG)
+    mapping = pd.read_csv(raw / "name_mapping.csv")
+    mapping.loc[mapping["BraTS_2020_subject_ID"] == cases[3], "Grade"] = "GBM"
+    mapping[~mapping["BraTS_2020_subject_ID"].isin(cases[:2])].to_csv(raw / "name_mapping.csv", index=False)
+    csv = raw / "name_mapping.csv"
+    expected = [(csv, f"no row for case {cases[0]}"), (csv, f"no row for case {cases[1]}"),
+                (csv, f"case {cases[3]} has grade 'GBM', expected HGG or LGG")]
+    with pytest.raises(InputError) as exc:
+        brats.write_split(raw, cases, {"train": 0.5, "test": 0.5}, 0, tmp_path / "split.csv")
+    _assert_reported(exc.value, expected)
+    shutil.rmtree(raw / cases[2])
+    with pytest.raises(InputError) as exc:
+        brats.write_manifest(raw, cases, tmp_path / "manifest.csv")
+    _assert_reported(exc.value, expected + [(raw / cases[2], "case folder not found")])
+    assert not (tmp_path / "split.csv").exists() and not (tmp_path / "manifest.csv").exists()

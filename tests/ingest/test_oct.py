@@ -162,3 +162,28 @@ def test_patient_in_two_folders_is_reported_not_rejected(root, tmp_path, caplog)
 
 def test_class_to_idx_is_imagefolder_order():
     assert ing.class_to_idx() == {"CNV": 0, "DME": 1, "DRUSEN": 2, "NORMAL": 3}
+
+
+def test_every_bad_input_is_reported_in_one_run(root, tmp_path):
+    unreadable = a_file(root, "train", "DME")
+    unreadable.write_bytes(b"this is not a jpeg")
+    misnamed = root / "test" / "NORMAL" / "scan.png"
+    shutil.copy(a_file(root, "test", "NORMAL"), misnamed)
+    shutil.rmtree(root / "val" / "DRUSEN")
+    with pytest.raises(InputError) as e:
+        ing.ingest(root, tmp_path / "m.csv", tmp_path / "s.csv", val_source="folder", val_fraction=0.1, seed=0)
+    expected = [(unreadable, "unreadable image"), (root / "val" / "DRUSEN", "class folder missing"),
+                (misnamed, "file name does not match")]
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4 and lines[-1] == "3 problems in the input; nothing was written", lines
+    for (path, words), err, line in zip(expected, e.value.errors, lines):
+        assert err.path == str(path) and words in err.problem and line.startswith(f"{path}: "), line
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_a_name_in_two_folders_is_one_problem_naming_both(root):
+    src = a_file(root, "train", "CNV")
+    shutil.copy(src, root / "test" / "CNV" / src.name)
+    with pytest.raises(InputError, match="more than one folder") as e:
+        ing.discover(root)
+    assert e.value.path == str(src) and f"test/CNV/{src.name}" in e.value.problem

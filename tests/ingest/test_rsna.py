@@ -106,3 +106,35 @@ def test_non_dicom_and_truncated_files_name_the_file(raw):
     path.write_bytes(good[:200])
     with pytest.raises(InputError, match=rf"{pid}\.dcm: "):
         rsna.discover(raw)
+
+
+def test_every_bad_input_is_reported_in_one_run(raw, tmp_path):
+    classes = pd.read_csv(raw / CLASSES, dtype={"patientId": str})
+    _edit_csv(raw / CLASSES, lambda d: d.assign(**{"class": d["class"].where(d.index != 4, "Healthy")}))
+    pids = sorted(pd.read_csv(raw / LABELS, dtype={"patientId": str})["patientId"].unique())
+    (raw / IMAGES / f"{pids[0]}.dcm").unlink()
+    (raw / IMAGES / f"{pids[1]}.dcm").write_bytes(b"\x89PNG not a dicom at all")
+    with pytest.raises(InputError) as err:
+        rsna.ingest(raw, tmp_path / "m.csv", tmp_path / "s.csv", FRACTIONS, seed=1)
+    expected = [(raw / CLASSES, "line 6: unknown class 'Healthy'"),
+                (raw / IMAGES / f"{pids[0]}.dcm", f"missing (patientId listed in {LABELS})"),
+                (raw / IMAGES / f"{pids[1]}.dcm", "not a DICOM file")]
+    lines = str(err.value).splitlines()
+    assert len(lines) == 4 and lines[-1] == "3 problems in the input; nothing was written", lines
+    for (path, words), e, line in zip(expected, err.value.errors, lines):
+        assert e.path == str(path) and words in e.problem and line.startswith(f"{path}: "), line
+    assert classes["patientId"].value_counts()[classes["patientId"].iloc[4]] == 1, "one patient, one row: one problem"
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "s.csv").exists()
+
+
+def test_every_bad_line_of_a_csv_is_reported(raw):
+    def break_two(d):
+        d.loc[1, "Target"] = 2
+        d.loc[3, "patientId"] = None
+        return d
+
+    _edit_csv(raw / LABELS, break_two)
+    with pytest.raises(InputError) as err:
+        rsna.read_labels(raw / LABELS)
+    assert [e.problem.split(":")[0] for e in err.value.errors] == ["line 5", "line 3"]
+    assert "Target must be 0 or 1, got '2'" in err.value.errors[1].problem

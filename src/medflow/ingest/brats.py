@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from medflow.errors import InputError
+from medflow.errors import InputError, Problems
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,14 @@ def public_name(path: str | os.PathLike, case: str) -> str:
     return name if name.startswith(f"{case}_") else "<non-standard file name>"
 
 
-def _require_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
+def _require_files(raw_dir: str | os.PathLike, case: str, problems: Problems) -> dict[str, str]:
+    """The case's files; each kind not found is recorded in ``problems``."""
     found = case_files(raw_dir, case)
     for kind in KINDS:
         if kind not in found:
             expected = Path(raw_dir) / case / f"{case}_{kind}.nii"
             what = "segmentation" if kind == "seg" else f"{kind} modality"
-            raise InputError(expected, f"missing {what} (looked for .nii and .nii.gz)")
+            problems.add(expected, f"missing {what} (looked for .nii and .nii.gz)")
     return found
 
 
@@ -130,35 +131,43 @@ def load_nifti(path: str | os.PathLike, dtype=None):
 
 
 def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
-    """Check one case and describe it; the first problem raises one InputError naming the file.
+    """Check one case and describe it; every problem of its files is reported, together, as InputErrors
+    naming the file (a single problem: one InputError).
 
     Checks: every modality and the segmentation present; each a readable, untruncated 3-D NIfTI;
-    same shape and affine as flair; no NaN/inf; no all-zero modality; segmentation values within
-    {0, 1, 2, 4}. Returns ``{case_id, shape_xyz, spacing_xyz, affine, files, source_files}``
-    (``files``: kind -> path; ``source_files``: kind -> public file name).
+    same shape and affine as flair (as the first readable file, if flair is not); no NaN/inf; no all-zero
+    modality; segmentation values within {0, 1, 2, 4}. Each file is read once. Returns ``{case_id,
+    shape_xyz, spacing_xyz, affine, files, source_files}`` (``files``: kind -> path; ``source_files``:
+    kind -> public file name).
     """
-    files = _require_files(raw_dir, case)
-    ref_shape = ref_affine = ref_img = None
-    for kind in KINDS:
-        path = files[kind]
-        img, data = load_nifti(path)
-        if ref_img is None:
-            ref_img, ref_shape, ref_affine = img, data.shape, img.affine
-        elif data.shape != ref_shape:
-            raise InputError(path, f"shape {list(data.shape)} differs from flair's {list(ref_shape)}")
-        elif not np.allclose(img.affine, ref_affine, atol=AFFINE_ATOL):
-            raise InputError(path, "affine (voxel-to-mm geometry) differs from flair's")
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            raise InputError(path, "contains NaN or infinite values")
-        if kind == "seg":
-            values = np.unique(data)
-            bad = np.setdiff1d(values, BRATS_LABELS)
-            if bad.size:
-                shown = ", ".join(f"{v:g}" for v in bad[:8])
-                raise InputError(path, f"segmentation values {{{shown}}} outside {{0, 1, 2, 4}}")
-        elif not data.any():
-            raise InputError(path, "all voxels are zero")
-        del data
+    ref_kind = ref_shape = ref_affine = ref_img = None
+    with Problems() as problems:
+        files = _require_files(raw_dir, case, problems)
+        for kind in KINDS:
+            if kind not in files:
+                continue
+            path = files[kind]
+            loaded = problems.check(load_nifti, path)
+            if loaded is None:
+                continue
+            img, data = loaded
+            if ref_img is None:
+                ref_kind, ref_img, ref_shape, ref_affine = kind, img, data.shape, img.affine
+            elif data.shape != ref_shape:
+                problems.add(path, f"shape {list(data.shape)} differs from {ref_kind}'s {list(ref_shape)}")
+            elif not np.allclose(img.affine, ref_affine, atol=AFFINE_ATOL):
+                problems.add(path, f"affine (voxel-to-mm geometry) differs from {ref_kind}'s")
+            if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+                problems.add(path, "contains NaN or infinite values")
+            if kind == "seg":
+                values = np.unique(data)
+                bad = np.setdiff1d(values[np.isfinite(values)], BRATS_LABELS)  # NaN is reported above
+                if bad.size:
+                    shown = ", ".join(f"{v:g}" for v in bad[:8])
+                    problems.add(path, f"segmentation values {{{shown}}} outside {{0, 1, 2, 4}}")
+            elif not data.any():
+                problems.add(path, "all voxels are zero")
+            del data
     return {
         "case_id": case,
         "shape_xyz": [int(s) for s in ref_shape],
@@ -170,7 +179,8 @@ def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
 
 
 def read_grades(mapping_csv: str | os.PathLike, cases: Sequence[str]) -> dict[str, str]:
-    """{case: "HGG" | "LGG"} from ``name_mapping.csv``; a missing row or bad grade -> InputError."""
+    """{case: "HGG" | "LGG"} from ``name_mapping.csv``; every missing row or bad grade (across all
+    ``cases``) is reported, together, as InputErrors naming the CSV."""
     import pandas as pd
 
     try:
@@ -179,17 +189,20 @@ def read_grades(mapping_csv: str | os.PathLike, cases: Sequence[str]) -> dict[st
         raise InputError(mapping_csv, "not found (the BraTS download's name_mapping.csv)") from None
     except Exception as exc:
         raise InputError(mapping_csv, f"not a readable CSV ({exc})") from None
-    for col in ("Grade", MAPPING_ID_COL):
-        if col not in df.columns:
-            raise InputError(mapping_csv, f"no '{col}' column")
-    grades = dict(zip(df[MAPPING_ID_COL].str.strip(), df["Grade"].str.strip()))
     out = {}
-    for case in cases:
-        if case not in grades:
-            raise InputError(mapping_csv, f"no row for case {case}")
-        if grades[case] not in GRADES:
-            raise InputError(mapping_csv, f"case {case} has grade {grades[case]!r}, expected HGG or LGG")
-        out[case] = grades[case]
+    with Problems() as problems:
+        for col in ("Grade", MAPPING_ID_COL):
+            if col not in df.columns:
+                problems.add(mapping_csv, f"no '{col}' column")
+        problems.raise_if_any()
+        grades = dict(zip(df[MAPPING_ID_COL].str.strip(), df["Grade"].str.strip()))
+        for case in cases:
+            if case not in grades:
+                problems.add(mapping_csv, f"no row for case {case}")
+            elif grades[case] not in GRADES:
+                problems.add(mapping_csv, f"case {case} has grade {grades[case]!r}, expected HGG or LGG")
+            else:
+                out[case] = grades[case]
     return out
 
 
@@ -231,13 +244,23 @@ def manifest_row(raw_dir: str | os.PathLike, case: str, grade: str) -> dict:
 
 
 def write_manifest(raw_dir: str | os.PathLike, cases: Sequence[str], out_csv: str | os.PathLike):
-    """``results/brats/ingest/manifest.csv``: one row per case (id, grade, shape, spacing, files)."""
+    """``results/brats/ingest/manifest.csv``: one row per case (id, grade, shape, spacing, files).
+
+    Every missing mapping row and case folder is reported, together, before anything is written. A
+    case that lacks a file is listed (column ``missing``) and logged, not fatal: its own ``brats_validate``
+    job stops it, and under ``--keep-going`` the other cases go on.
+    """
     import pandas as pd
 
     from medflow import io
 
-    grades = read_grades(Path(raw_dir) / NAME_MAPPING, cases)
-    df = pd.DataFrame([manifest_row(raw_dir, c, grades[c]) for c in cases])
+    with Problems() as problems:
+        grades = problems.check(read_grades, Path(raw_dir) / NAME_MAPPING, cases)
+        rows = [problems.check(manifest_row, raw_dir, c, grades[c] if grades else "") for c in cases]
+    df = pd.DataFrame(rows)
+    for case, missing in zip(df["id"], df["missing"]):
+        if missing:
+            log.warning("%s: missing %s; brats_validate will stop this case", case, missing.replace(";", ", "))
     with io.atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     return df

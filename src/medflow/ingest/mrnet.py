@@ -6,9 +6,9 @@ Layout (the Stanford MRNet-v1.0 download, and the synthetic copy)::
     {train,valid}-{abnormal,acl,meniscus}.csv         no header: NNNN,label (0/1)
 
 Every exam must have a row in all three CSVs of its split and an array in all three planes; an array
-must be a readable, non-pickled uint8 array of shape (slices >= 1, 256, 256). The first problem
-found stops the job with an :class:`InputError` naming the file. Arrays are opened memory-mapped, so
-checking a thousand exams reads only their headers.
+must be a readable, non-pickled uint8 array of shape (slices >= 1, 256, 256). Every problem found
+(each naming its file) is reported together, and nothing is written. Arrays are opened memory-mapped,
+so checking a thousand exams reads only their headers.
 
 Outputs, read by every later stage:
 
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from medflow import io
-from medflow.errors import InputError
+from medflow.errors import InputError, Problems
 from medflow.ingest import splits
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def npy_path(root: str | os.PathLike, split: str, plane: str, exam: str) -> Path
 
 
 def read_labels(path: str | os.PathLike) -> dict[str, int]:
-    """A header-less ``NNNN,label`` CSV -> {exam id (4 digits): 0/1}, in file order."""
+    """A header-less ``NNNN,label`` CSV -> {exam id (4 digits): 0/1}, in file order; every bad line is
+    reported (one InputError per line, raised together)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "missing label file")
@@ -57,81 +58,103 @@ def read_labels(path: str | os.PathLike) -> dict[str, int]:
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(path, f"unreadable ({e.__class__.__name__})") from None
     out: dict[str, int] = {}
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) != 2:
-            raise InputError(path, f"line {n}: expected 'exam_id,label', got {line.strip()!r}")
-        exam, label = fields
-        if not exam.isdigit():
-            raise InputError(path, f"line {n}: exam id {exam!r} is not a number")
-        if label not in ("0", "1"):
-            raise InputError(path, f"line {n}: label {label!r} is not 0 or 1")
-        exam = f"{int(exam):04d}"
-        if exam in out:
-            raise InputError(path, f"line {n}: exam {exam} listed twice")
-        out[exam] = int(label)
-    if not out:
-        raise InputError(path, "no rows")
+    with Problems() as problems:
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) != 2:
+                problems.add(path, f"line {n}: expected 'exam_id,label', got {line.strip()!r}")
+                continue
+            exam, label = fields
+            if not exam.isdigit():
+                problems.add(path, f"line {n}: exam id {exam!r} is not a number")
+                continue
+            if label not in ("0", "1"):
+                problems.add(path, f"line {n}: label {label!r} is not 0 or 1")
+            exam = f"{int(exam):04d}"
+            if exam in out:
+                problems.add(path, f"line {n}: exam {exam} listed twice")
+            out.setdefault(exam, int(label) if label in ("0", "1") else -1)
+        if not out and not problems:
+            problems.add(path, "no rows")
     return out
 
 
 def check_npy(path: str | os.PathLike, in_plane: int = IN_PLANE) -> int:
-    """Validate one series array from its header (memory-mapped); returns its slice count."""
+    """Validate one series array from its header (memory-mapped); returns its slice count.
+
+    A wrong dtype and a wrong shape are two problems, raised together."""
     path = Path(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise InputError(path, "missing") from None
     except (OSError, ValueError, EOFError) as e:
-        raise InputError(path, f"unreadable as a .npy array ({str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
+        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise InputError(path, f"unreadable as a .npy array ({why})") from None
     shape, dtype = arr.shape, arr.dtype
     del arr
-    if dtype != np.uint8:
-        raise InputError(path, f"dtype {dtype}, expected uint8")
-    if len(shape) != 3:
-        raise InputError(path, f"{len(shape)} dimensions {tuple(shape)}, expected (slices, {in_plane}, {in_plane})")
-    if shape[1:] != (in_plane, in_plane):
-        raise InputError(path, f"slices of {shape[1]}x{shape[2]}, expected {in_plane}x{in_plane}")
-    if shape[0] < 1:
-        raise InputError(path, "no slices")
+    with Problems() as problems:
+        if dtype != np.uint8:
+            problems.add(path, f"dtype {dtype}, expected uint8")
+        if len(shape) != 3:
+            problems.add(path, f"{len(shape)} dimensions {tuple(shape)}, expected (slices, {in_plane}, {in_plane})")
+        elif shape[1:] != (in_plane, in_plane):
+            problems.add(path, f"slices of {shape[1]}x{shape[2]}, expected {in_plane}x{in_plane}")
+        elif shape[0] < 1:
+            problems.add(path, "no slices")
     return int(shape[0])
 
 
 def discover(root: str | os.PathLike, in_plane: int = IN_PLANE) -> pd.DataFrame:
-    """Validate the download under ``root`` and return the manifest (one row per exam)."""
+    """Validate the download under ``root`` and return the manifest (one row per exam).
+
+    Every problem of every CSV and array is collected; any problem raises them all together. A check
+    that depends on a broken file (a missing CSV, a missing plane folder) is skipped rather than
+    reported once per exam.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "MRNet folder missing")
     rows = []
     seen: dict[str, str] = {}
-    for split in SPLITS:
-        labels = {t: read_labels(label_csv(root, split, t)) for t in TASKS}
-        exams = sorted(set().union(*labels.values()))
-        for t in TASKS:  # an exam listed for one task must be listed for all
-            for e in exams:
-                if e not in labels[t]:
-                    other = next(o for o in TASKS if e in labels[o])
-                    raise InputError(label_csv(root, split, t), f"no row for exam {e} (listed in {split}-{other}.csv)")
-        for plane in PLANES:
-            d = root / split / plane
-            if not d.is_dir():
-                raise InputError(d, f"missing {plane} folder")
-            for f in sorted(d.glob("*.npy")):
-                if f.stem not in labels[TASKS[0]]:
-                    raise InputError(label_csv(root, split, TASKS[0]), f"no row for exam {f.stem}, which has {split}/{plane}/{f.name}")
-        for e in exams:
-            if e in seen:
-                raise InputError(label_csv(root, split, TASKS[0]), f"exam {e} is also in {seen[e]}")
-            seen[e] = split
-            row = {"id": e, "split": split, **{t: labels[t][e] for t in TASKS}}
+    with Problems() as problems:
+        for split in SPLITS:
+            read = {t: problems.check(read_labels, label_csv(root, split, t)) for t in TASKS}
+            labels = {t: lab for t, lab in read.items() if lab is not None}
+            exams = sorted(set().union(*labels.values()))
+            # The CSV an exam is first listed in, named in messages about it.
+            listed_in = {e: next(t for t in TASKS if t in labels and e in labels[t]) for e in exams}
+            for t in labels:  # an exam listed for one task must be listed for all
+                for e in exams:
+                    if e not in labels[t]:
+                        problems.add(label_csv(root, split, t),
+                                     f"no row for exam {e} (listed in {split}-{listed_in[e]}.csv)")
+            present: dict[str, set[str]] = {}  # plane -> exam ids with an array, from one listing per folder
             for plane in PLANES:
-                p = npy_path(root, split, plane, e)
-                if not p.is_file():
-                    raise InputError(p, f"missing: exam {e} is in {split}-{TASKS[0]}.csv but has no {plane} series")
-                row[f"slices_{plane}"] = check_npy(p, in_plane)
-            rows.append(row)
+                d = root / split / plane
+                if not d.is_dir():
+                    problems.add(d, f"missing {plane} folder")
+                    continue
+                present[plane] = {f.name[:-4] for f in os.scandir(d) if f.name.endswith(".npy") and f.is_file()}
+                if labels:
+                    first = next(iter(labels))
+                    for stem in sorted(present[plane] - set(exams)):
+                        problems.add(label_csv(root, split, first),
+                                     f"no row for exam {stem}, which has {split}/{plane}/{stem}.npy")
+            for e in exams:
+                if e in seen:
+                    problems.add(label_csv(root, split, listed_in[e]), f"exam {e} is also in {seen[e]}")
+                seen.setdefault(e, split)
+                row = {"id": e, "split": split, **{t: labels[t].get(e) for t in labels}}
+                for plane in present:
+                    p = npy_path(root, split, plane, e)
+                    if e not in present[plane]:
+                        problems.add(p, f"missing: exam {e} is in {split}-{listed_in[e]}.csv but has no {plane} series")
+                        continue
+                    row[f"slices_{plane}"] = problems.check(check_npy, p, in_plane)
+                rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -2,7 +2,8 @@
 
 Layout: ``<root>/{train,val,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg``. Hidden files
 (``.DS_Store``, as in some copies of the download) are skipped; anything else that is not an image of
-its folder's class, named by the pattern, stops the job with one :class:`InputError` naming the file.
+its folder's class, named by the pattern, is an :class:`InputError` naming the file: every such problem
+is reported, together, before the job stops.
 
 The split is the data set's folders, or (``val_source="train"``) a validation set carved out of
 ``train`` by patient, because the real ``val`` folder has only 8 images per class.
@@ -20,7 +21,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from medflow import io
-from medflow.errors import InputError
+from medflow.errors import InputError, Problems
 from medflow.ingest.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -35,49 +36,53 @@ def discover(root: str | os.PathLike, check_pixels: bool = True) -> pd.DataFrame
     width, height (pixels), mode (PIL mode). Sorted by folder, label, id.
 
     ``check_pixels`` decodes every image (catches truncated files),
-    otherwise only the header is read.
+    otherwise only the header is read. Every bad folder, file name and image is reported, together.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "OCT2017 folder not found (set oct.raw_dir to the folder holding train/, val/, test/)")
     rows = []
-    for folder in FOLDERS:
-        for cls in CLASSES:
-            d = root / folder / cls
-            if not d.is_dir():
-                raise InputError(d, f"class folder missing (expected {folder}/{{{','.join(CLASSES)}}})")
-            for entry in sorted(os.scandir(d), key=lambda e: e.name):
-                if entry.name.startswith("."):
+    with Problems() as problems:
+        for folder in FOLDERS:
+            for cls in CLASSES:
+                d = root / folder / cls
+                if not d.is_dir():
+                    problems.add(d, f"class folder missing (expected {folder}/{{{','.join(CLASSES)}}})")
                     continue
-                path = Path(entry.path)
-                m = NAME.match(entry.name)
-                if not entry.is_file() or m is None:
-                    raise InputError(path, "file name does not match <CLASS>-<patient>-<n>.jpeg")
-                if m["cls"].upper() != cls:
-                    raise InputError(path, f"file name says class {m['cls']} but it lies in the {cls} folder")
-                width, height, mode = _check_image(path, check_pixels)
-                rows.append(
-                    {
-                        "id": path.stem,
-                        "path": f"{folder}/{cls}/{entry.name}",
-                        "folder": folder,
-                        "label": cls,
-                        "patient": m["patient"],
-                        "n": int(m["n"]),
-                        "width": width,
-                        "height": height,
-                        "mode": mode,
-                    }
-                )
-    df = pd.DataFrame(rows, columns=["id", "path", "folder", "label", "patient", "n", "width", "height", "mode"])
-    for folder in FOLDERS:
-        for cls in CLASSES:
-            if not ((df["folder"] == folder) & (df["label"] == cls)).any():
-                raise InputError(root / folder / cls, "class folder holds no images")
-    dup = df["id"].duplicated(keep=False)
-    if dup.any():
-        first = df.loc[dup].iloc[0]
-        raise InputError(root / first["path"], "the same image name occurs in more than one folder")
+                entries = sorted((e for e in os.scandir(d) if not e.name.startswith(".")), key=lambda e: e.name)
+                if not entries:
+                    problems.add(d, "class folder holds no images")
+                for entry in entries:
+                    path = Path(entry.path)
+                    m = NAME.match(entry.name)
+                    if not entry.is_file() or m is None:
+                        problems.add(path, "file name does not match <CLASS>-<patient>-<n>.jpeg")
+                        continue
+                    ok = m["cls"].upper() == cls
+                    if not ok:
+                        problems.add(path, f"file name says class {m['cls']} but it lies in the {cls} folder")
+                    image = problems.check(_check_image, path, check_pixels)
+                    if image is None or not ok:
+                        continue
+                    width, height, mode = image
+                    rows.append(
+                        {
+                            "id": path.stem,
+                            "path": f"{folder}/{cls}/{entry.name}",
+                            "folder": folder,
+                            "label": cls,
+                            "patient": m["patient"],
+                            "n": int(m["n"]),
+                            "width": width,
+                            "height": height,
+                            "mode": mode,
+                        }
+                    )
+        df = pd.DataFrame(rows, columns=["id", "path", "folder", "label", "patient", "n", "width", "height", "mode"])
+        for _, same in df[df["id"].duplicated(keep=False)].groupby("id", sort=False):
+            others = ", ".join(same["path"].iloc[1:])
+            problems.add(root / same["path"].iloc[0],
+                         f"the same image name occurs in more than one folder (also {others})")
     return df
 
 

@@ -7,8 +7,8 @@ Layout (the Kaggle "rsna-pneumonia-detection-challenge" download)::
     stage_2_detailed_class_info.csv     patientId,class
 
 The patient id kept everywhere is the file's patientId, the data set's anonymous id; the DICOM
-PatientID/PatientName tags are never read here. Anything malformed stops the job with an
-:class:`InputError` naming the file (and the CSV line) and the problem.
+PatientID/PatientName tags are never read here. Anything malformed is an :class:`InputError` naming the
+file (and the CSV line) and the problem; every one found is reported, together, before the job stops.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medflow import io
-from medflow.errors import InputError
+from medflow.errors import InputError, Problems
 from medflow.ingest import splits
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ BOX = ["x", "y", "width", "height"]
 REQUIRED_TAGS = ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated")
 
 
-def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, columns: list[str], problems: Problems) -> pd.DataFrame:
+    """The CSV with its required ``columns``; a missing or unreadable file or a missing column raises, an
+    empty patientId is recorded in ``problems`` (one per line) and its row kept for the other checks."""
     if not path.is_file():
         raise InputError(path, "missing")
     try:
@@ -48,31 +50,32 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise InputError(path, f"missing column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})")
-    if df["patientId"].isna().any():
-        line = int(np.flatnonzero(df["patientId"].isna())[0]) + 2
-        raise InputError(path, f"line {line}: empty patientId")
+    for i in np.flatnonzero(df["patientId"].isna()):
+        problems.add(path, f"line {i + 2}: empty patientId")
     return df
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """stage_2_train_labels.csv -> one row per patient: ``patientId, target, n_boxes, boxes``
-    (boxes: JSON list of [x, y, width, height] in pixels of the original image)."""
+    (boxes: JSON list of [x, y, width, height] in pixels of the original image). Every bad line is
+    reported (raised together)."""
     path = Path(path)
-    df = _read_csv(path, ["patientId", *BOX, "Target"])
-    target = pd.to_numeric(df["Target"], errors="coerce")
-    bad = ~target.isin([0, 1])
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(path, f"line {i + 2}: Target must be 0 or 1, got {df['Target'].iloc[i]!r}")
-    boxes = df[BOX].apply(pd.to_numeric, errors="coerce")
-    for i in np.flatnonzero((target == 1) & (boxes.isna().any(axis=1) | (boxes[["width", "height"]] <= 0).any(axis=1))):
-        raise InputError(path, f"line {i + 2}: Target=1 needs a box with x, y and positive width, height")
-    for i in np.flatnonzero((target == 0) & boxes.notna().any(axis=1)):
-        raise InputError(path, f"line {i + 2}: Target=0 but a box is given")
+    with Problems() as problems:
+        df = _read_csv(path, ["patientId", *BOX, "Target"], problems)
+        target = pd.to_numeric(df["Target"], errors="coerce")
+        for i in np.flatnonzero(~target.isin([0, 1])):
+            problems.add(path, f"line {i + 2}: Target must be 0 or 1, got {str(df['Target'].iloc[i])!r}")
+        boxes = df[BOX].apply(pd.to_numeric, errors="coerce")
+        no_box = boxes.isna().any(axis=1) | (boxes[["width", "height"]] <= 0).any(axis=1)
+        for i in np.flatnonzero((target == 1) & no_box):
+            problems.add(path, f"line {i + 2}: Target=1 needs a box with x, y and positive width, height")
+        for i in np.flatnonzero((target == 0) & boxes.notna().any(axis=1)):
+            problems.add(path, f"line {i + 2}: Target=0 but a box is given")
+        # Only valid targets count here: a bad one is already reported above.
+        mixed = df.assign(Target=target.where(target.isin([0, 1]))).groupby("patientId")["Target"].nunique()
+        for pid in mixed[mixed > 1].index:
+            problems.add(path, f"patientId {pid} has rows with both Target 0 and 1")
     df = df.assign(Target=target.astype(int))
-    mixed = df.groupby("patientId")["Target"].nunique()
-    if (mixed > 1).any():
-        raise InputError(path, f"patientId {mixed[mixed > 1].index[0]} has rows with both Target 0 and 1")
     rows = []
     for pid, g in df.groupby("patientId", sort=True):
         t = int(g["Target"].iloc[0])
@@ -82,16 +85,17 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_classes(path: str | os.PathLike) -> pd.DataFrame:
-    """stage_2_detailed_class_info.csv -> one row per patient: ``patientId, class``."""
+    """stage_2_detailed_class_info.csv -> one row per patient: ``patientId, class``. Every bad line is
+    reported (raised together)."""
     path = Path(path)
-    df = _read_csv(path, ["patientId", "class"])
-    unknown = ~df["class"].isin(CLASS_NAMES)
-    if unknown.any():
-        i = int(np.flatnonzero(unknown)[0])
-        raise InputError(path, f"line {i + 2}: unknown class {df['class'].iloc[i]!r} (expected one of {', '.join(CLASS_NAMES)})")
-    n = df.groupby("patientId")["class"].nunique()
-    if (n > 1).any():
-        raise InputError(path, f"patientId {n[n > 1].index[0]} has more than one class")
+    with Problems() as problems:
+        df = _read_csv(path, ["patientId", "class"], problems)
+        for i in np.flatnonzero(~df["class"].isin(CLASS_NAMES)):
+            expected = ", ".join(CLASS_NAMES)
+            problems.add(path, f"line {i + 2}: unknown class {df['class'].iloc[i]!r} (expected one of {expected})")
+        n = df.groupby("patientId")["class"].nunique()
+        for pid in n[n > 1].index:
+            problems.add(path, f"patientId {pid} has more than one class")
     return df.drop_duplicates("patientId").sort_values("patientId").reset_index(drop=True)[["patientId", "class"]]
 
 
@@ -113,34 +117,41 @@ def check_header(path: Path) -> None:
 
 def discover(raw_dir: str | os.PathLike) -> pd.DataFrame:
     """Validate the download and return the manifest: one row per patient, sorted by patientId,
-    with ``patientId, dicom, target, n_boxes, boxes, class``."""
+    with ``patientId, dicom, target, n_boxes, boxes, class``.
+
+    Every problem of both CSVs and of the DICOM folder is collected and raised together; a check that
+    needs a broken CSV (which patients to expect) is skipped. Each DICOM header is read once.
+    """
     raw = Path(raw_dir)
     images = raw / IMAGES
-    if not images.is_dir():
-        raise InputError(images, "missing (expected the folder of <patientId>.dcm files)")
-    labels = read_labels(raw / LABELS)
-    classes = read_classes(raw / CLASSES)
-
-    in_labels, in_classes = set(labels["patientId"]), set(classes["patientId"])
-    if in_labels - in_classes:
-        raise InputError(raw / CLASSES, f"no row for patientId {sorted(in_labels - in_classes)[0]} (listed in {LABELS})")
-    if in_classes - in_labels:
-        raise InputError(raw / LABELS, f"no row for patientId {sorted(in_classes - in_labels)[0]} (listed in {CLASSES})")
+    with Problems() as problems:
+        labels = problems.check(read_labels, raw / LABELS)
+        classes = problems.check(read_classes, raw / CLASSES)
+        in_labels = None if labels is None else set(labels["patientId"])
+        if labels is not None and classes is not None:
+            in_classes = set(classes["patientId"])
+            for pid in sorted(in_labels - in_classes):
+                problems.add(raw / CLASSES, f"no row for patientId {pid} (listed in {LABELS})")
+            for pid in sorted(in_classes - in_labels):
+                problems.add(raw / LABELS, f"no row for patientId {pid} (listed in {CLASSES})")
+            both = labels.merge(classes, on="patientId")
+            wrong = both[(both["class"] == OPACITY) != (both["target"] == 1)]
+            for pid, cls, target in zip(wrong["patientId"], wrong["class"], wrong["target"]):
+                problems.add(raw / CLASSES, f"patientId {pid}: class {cls!r} contradicts Target={target} in {LABELS}")
+        if not images.is_dir():
+            problems.add(images, "missing (expected the folder of <patientId>.dcm files)")
+        else:
+            files = {p.stem: p for p in images.iterdir() if p.suffix.lower() == ".dcm"}
+            listed = sorted(files) if in_labels is None else sorted(in_labels)
+            if in_labels is not None:
+                for pid in sorted(set(files) - in_labels):
+                    problems.add(files[pid], f"no row in {LABELS} for this patientId")
+            for pid in listed:
+                if pid not in files:
+                    problems.add(images / f"{pid}.dcm", f"missing (patientId listed in {LABELS})")
+                else:
+                    problems.check(check_header, files[pid])
     df = labels.merge(classes, on="patientId", validate="one_to_one")
-    wrong = (df["class"] == OPACITY) != (df["target"] == 1)
-    if wrong.any():
-        r = df[wrong].iloc[0]
-        raise InputError(raw / CLASSES, f"patientId {r.patientId}: class {r['class']!r} contradicts Target={r.target} in {LABELS}")
-
-    files = {p.stem: p for p in images.iterdir() if p.suffix.lower() == ".dcm"}
-    extra = sorted(set(files) - in_labels)
-    if extra:
-        raise InputError(files[extra[0]], f"no row in {LABELS} for this patientId")
-    for pid in df["patientId"]:
-        if pid not in files:
-            raise InputError(images / f"{pid}.dcm", f"missing (patientId listed in {LABELS})")
-    for pid in df["patientId"]:
-        check_header(files[pid])
     df.insert(1, "dicom", [str(files[pid]) for pid in df["patientId"]])
     return df
 
