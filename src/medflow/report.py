@@ -4,42 +4,18 @@ as one self-contained HTML page and one Markdown summary (results/report/)."""
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import yaml
 
 from medflow import tracking
+from medflow.errors import InputError
+from medflow.evaluation.headline import read_headline
 
-# Where each pipeline's headline numbers sit in its metrics.json: (label, path of keys).
-# A path that is missing is shown as "n/a" rather than failing the report.
-HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
-    "brats_segmentation": [
-        ("Dice WT (mean)", ("mean", "WT", "dice")),
-        ("Dice TC (mean)", ("mean", "TC", "dice")),
-        ("Dice ET (mean)", ("mean", "ET", "dice")),
-        ("HD95 WT (mean, mm)", ("mean", "WT", "hd95")),
-        ("Dice WT, all-foreground-in-brain baseline", ("baselines", "all_foreground_in_brain", "mean", "WT", "dice")),
-    ],
-    "brats_grade": [
-        ("patient AUC", ("patient", "auc")),
-        ("patient balanced accuracy", ("patient", "balanced_accuracy")),
-        ("slice AUC", ("slice", "auc")),
-    ],
-    "mrnet": [],  # one row per task from results/mrnet/summary.csv, see headline_rows
-    "rsna": [
-        ("AUC image + metadata", ("with_metadata", "auc")),
-        ("AUC image only", ("image_only", "auc")),
-    ],
-    "oct": [
-        ("accuracy", ("accuracy",)),
-        ("macro recall", ("macro_recall",)),
-    ],
-}
 TITLES = {
     "brats_segmentation": "BraTS segmentation (3D U-Net)",
     "brats_grade": "BraTS grade, LGG vs HGG (ResNet18, 4 channels)",
@@ -49,29 +25,22 @@ TITLES = {
 }
 
 
-def _get(d: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(d, Mapping) or key not in d:
-            return None
-        d = d[key]
-    return d
+def _fmt(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return "n/a" if v is None else str(v)
-    if isinstance(v, (int, float)):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-    return str(v)
-
-
-def headline_rows(pipeline: str, metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(label, formatted value) rows for one pipeline's metrics file."""
-    if pipeline == "mrnet":  # the summary table: one row per task
-        return [(f"{r['task']}: stacked AUC ({r.get('stacker_fit_on', '')})", _fmt(float(r["auc_stacked"]))) for r in metrics["rows"]]
-    rows = [(label, _fmt(_get(metrics, path))) for label, path in HEADLINES.get(pipeline, [])]
-    if not rows or all(v == "n/a" for _, v in rows):  # unknown layout: show its top-level numbers
-        rows = [(k, _fmt(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+def headline_rows(entry: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, value, "[ci_low, ci_high]", n) rows of one collected pipeline; one row naming the problem
+    when its metrics file has no usable headline block."""
+    if entry["headline"] is None:
+        return [(entry["problem"], "n/a", "n/a", "n/a")]
+    if not entry["headline"]:
+        return [("empty headline block", "n/a", "n/a", "n/a")]
+    rows = []
+    for name, m in entry["headline"].items():
+        low, high = m["ci_low"], m["ci_high"]
+        ci = "n/a" if math.isnan(low) or math.isnan(high) else f"[{_fmt(low)}, {_fmt(high)}]"
+        rows.append((name, _fmt(m["value"]), ci, str(m["n"])))
     return rows
 
 
@@ -99,19 +68,20 @@ def mlflow_runs(uri: str, ui: str) -> list[dict[str, str]]:
 
 
 def collect(metrics_files: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """pipeline -> {"metrics": dict, "dir": folder, "plots": [png paths]} from each registered metrics
-    file (JSON, or a CSV summary table read as {"rows": [...]}). Plots are the PNGs beside it and one
-    folder down (overlays/, eda/, <task>/), not the per-fold training curves deeper in."""
+    """pipeline -> {"headline": block or None, "problem": why there is none, "dir": folder, "plots": [pngs]}.
+
+    Only the ``headline`` block of each metrics file is read (``medflow.evaluation.headline``); a file
+    without one is reported, not fatal. Plots are the PNGs beside it and one folder down (overlays/, eda/,
+    <task>/), not the per-fold training curves deeper in."""
     out = {}
     for pipeline, path in metrics_files.items():
         folder = Path(path).parent
         plots = sorted(str(p) for p in [*folder.glob("*.png"), *folder.glob("*/*.png")])
-        if str(path).endswith(".csv"):
-            with open(path, newline="") as f:
-                metrics = {"rows": list(csv.DictReader(f))}
-        else:
-            metrics = json.loads(Path(path).read_text())
-        out[pipeline] = {"metrics": metrics, "dir": str(folder), "plots": plots}
+        try:
+            block, problem = read_headline(path), None
+        except InputError as exc:
+            block, problem = None, exc.problem
+        out[pipeline] = {"headline": block, "problem": problem, "dir": str(folder), "plots": plots}
     return out
 
 
@@ -136,14 +106,18 @@ def write_report(
     out_html, out_md = Path(out_html), Path(out_md)
 
     # Markdown: relative links, readable in a repository browser.
-    md = ["# medflow evaluation report", "", f"- git commit: `{commit}`", f"- MLflow: `{tracking_uri}` (open with `mlflow ui --backend-store-uri '{tracking_uri}'`)", ""]
-    md += ["## Headline metrics", "", "| pipeline | metric | value |", "|---|---|---|"]
+    md = ["# medflow evaluation report", "", f"- git commit: `{commit}`",
+          f"- MLflow: `{tracking_uri}` (open with `mlflow ui --backend-store-uri '{tracking_uri}'`)", ""]
+    md += ["## Headline metrics", "", "95% bootstrap intervals over test patients/cases/exams; n = their number.", ""]
+    md += ["| pipeline | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
     for pipeline, d in data.items():
-        for label, value in headline_rows(pipeline, d["metrics"]):
-            md.append(f"| {TITLES.get(pipeline, pipeline)} | {label} | {value} |")
+        for name, value, ci, n in headline_rows(d):
+            name = name.replace("|", "\\|")  # a problem text must not split the Markdown row
+            md.append(f"| {TITLES.get(pipeline, pipeline)} | {name} | {value} | {ci} | {n} |")
     for pipeline, d in data.items():
         md += ["", f"## {TITLES.get(pipeline, pipeline)}", ""]
-        md.append(f"Metrics: [{Path(metrics_files[pipeline]).name}]({os.path.relpath(metrics_files[pipeline], out_md.parent)})")
+        rel = os.path.relpath(metrics_files[pipeline], out_md.parent)
+        md.append(f"Metrics: [{Path(metrics_files[pipeline]).name}]({rel})")
         md += [""] + [f"![{Path(p).stem}]({os.path.relpath(p, out_md.parent)})" for p in d["plots"][:max_plots]]
     md += ["", "## MLflow runs", "", "| experiment | run | rule | status |", "|---|---|---|---|"]
     md += [f"| {r['experiment']} | [{r['run']}]({r['url']}) | {r['rule']} | {r['status']} |" for r in runs]
@@ -160,11 +134,13 @@ def write_report(
         "pre{background:#f5f5f5;padding:1em;overflow:auto}</style></head><body>",
         "<h1>medflow evaluation report</h1>",
         f"<p>git commit <code>{e(commit)}</code> &middot; MLflow <code>{e(tracking_uri)}</code></p>",
-        "<h2>Headline metrics</h2><table><tr><th>pipeline</th><th>metric</th><th>value</th></tr>",
+        "<h2>Headline metrics</h2><p>95% bootstrap intervals over test patients/cases/exams; n = their number.</p>",
+        "<table><tr><th>pipeline</th><th>metric</th><th>value</th><th>95% CI</th><th>n</th></tr>",
     ]
     for pipeline, d in data.items():
-        for label, value in headline_rows(pipeline, d["metrics"]):
-            parts.append(f"<tr><td>{e(TITLES.get(pipeline, pipeline))}</td><td>{e(label)}</td><td>{e(value)}</td></tr>")
+        for row in headline_rows(d):
+            cells = "".join(f"<td>{e(c)}</td>" for c in (TITLES.get(pipeline, pipeline), *row))
+            parts.append(f"<tr>{cells}</tr>")
     parts.append("</table>")
     for pipeline, d in data.items():
         parts.append(f"<h2>{e(TITLES.get(pipeline, pipeline))}</h2>")
@@ -174,7 +150,8 @@ def write_report(
     parts.append("<h2>MLflow runs</h2><table><tr><th>experiment</th><th>run</th><th>rule</th><th>status</th></tr>")
     for r in runs:
         link = f"<a href='{e(r['url'])}'>{e(r['run'])}</a>" if r["url"] else e(r["run"])
-        parts.append(f"<tr><td>{e(r['experiment'])}</td><td>{link}</td><td>{e(r['rule'])}</td><td>{e(r['status'])}</td></tr>")
+        cells = f"<td>{e(r['experiment'])}</td><td>{link}</td><td>{e(r['rule'])}</td><td>{e(r['status'])}</td>"
+        parts.append(f"<tr>{cells}</tr>")
     parts.append(f"</table><h2>Config</h2><pre>{e(config_yaml)}</pre></body></html>")
     with io.atomic_path(out_html) as tmp:
         tmp.write_text("\n".join(parts))

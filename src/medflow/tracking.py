@@ -11,7 +11,7 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 # One experiment per pipeline; created up front so jobs never race to create one.
 EXPERIMENTS = ("brats_segmentation", "brats_grade", "mrnet", "rsna", "oct")
@@ -113,6 +113,63 @@ def run(
                 # MLflow caps a param value at 6000 characters; ours are short config values.
                 mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
         yield active
+
+
+def log_evaluation(
+    experiment: str,
+    run_name: str,
+    *,
+    headline: Mapping[str, Mapping[str, Any]],
+    training_run_id: str | Sequence[str],
+    artifacts: Iterable[str | os.PathLike] = (),
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    rule: str | None = None,
+    extra_metrics: Mapping[str, float] | None = None,
+) -> str:
+    """Record one evaluation as one MLflow run (through ``run``); return its run id.
+
+    ``headline``: the metrics.json headline block (``medflow.evaluation.headline``); each entry becomes the
+    metrics ``test_<name>``, ``test_<name>_ci_low``, ``test_<name>_ci_high`` and ``test_<name>_n``.
+    ``extra_metrics``: further flat name -> number, logged as ``test_<name>``. NaN numbers are not logged
+    (metrics.json keeps them). ``training_run_id``: the training run(s) of the evaluated model(s), tagged
+    ``training_run_id`` (a list is joined with commas). ``artifacts``: files or folders, logged under the
+    artifact path ``evaluation`` (a folder keeps its name: ``evaluation/<folder>/...``).
+    """
+    import math
+
+    import mlflow
+
+    from medflow.errors import InputError
+    from medflow.evaluation.headline import headline_block
+
+    block = headline_block(headline)
+    metrics: dict[str, float] = {}
+    for name, entry in block.items():
+        metrics.update({f"test_{name}": entry["value"], f"test_{name}_ci_low": entry["ci_low"],
+                        f"test_{name}_ci_high": entry["ci_high"], f"test_{name}_n": float(entry["n"])})
+    for name, v in (extra_metrics or {}).items():
+        if f"test_{name}" in metrics:
+            raise ValueError(f"extra metric {name!r} collides with a headline metric")
+        metrics[f"test_{name}"] = float(v)
+    metrics = {k: v for k, v in metrics.items() if not math.isnan(v)}
+    if not isinstance(training_run_id, str):
+        training_run_id = ",".join(training_run_id)
+    if "training_run_id" in (tags or {}):
+        raise ValueError("pass training_run_id as its own argument, not in tags")
+    paths = [Path(a) for a in artifacts]
+    for p in paths:  # before the run starts, so a missing file leaves no half-logged run
+        if not p.exists():
+            raise InputError(p, "evaluation artifact does not exist")
+    with run(experiment, run_name, params=params, tags={**(tags or {}), "training_run_id": training_run_id},
+             rule=rule) as active:
+        mlflow.log_metrics(metrics)
+        for p in paths:
+            if p.is_dir():
+                mlflow.log_artifacts(str(p), artifact_path=f"evaluation/{p.name}")
+            else:
+                mlflow.log_artifact(str(p), artifact_path="evaluation")
+        return active.info.run_id
 
 
 def _version() -> str:
