@@ -1,6 +1,32 @@
-"""Shared training: ``fit`` (the one loop), device handling and checkpoints."""
+"""Shared training: ``fit`` (the one loop), ``predict`` (the one inference loop), the set-up around
+them (``Job``, ``make_loaders``, ``fit_config``, ``tracking``), device handling and checkpoints."""
 
 from medflow.train.device import autocast, loader_kwargs, select_device, to_device
-from medflow.train.loop import FitConfig, FitResult, Tracking, fit, load_checkpoint, seed_everything
+from medflow.train.loop import (
+    FitConfig,
+    FitResult,
+    Tracking,
+    fit,
+    load_checkpoint,
+    seed_everything,
+)
+from medflow.train.predict import predict
+from medflow.train.setup import Job, fit_config, make_loaders, tracking
 
-__all__ = ["FitConfig", "FitResult", "Tracking", "fit", "load_checkpoint", "seed_everything", "select_device", "autocast", "loader_kwargs", "to_device"]
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "Job",
+    "Tracking",
+    "autocast",
+    "fit",
+    "fit_config",
+    "load_checkpoint",
+    "loader_kwargs",
+    "make_loaders",
+    "predict",
+    "seed_everything",
+    "select_device",
+    "to_device",
+    "tracking",
+]
