@@ -3,7 +3,7 @@
 Measured in one run, so the ratios hold on a noisy shared machine:
 
 - ``in-memory, contiguous``: training steps of the plain model on tensors already in memory (baseline);
-- ``in-memory, channels-last``: the same with channels-last 3D weights, as ``train_unet3d`` trains;
+- ``in-memory, channels-last``: the same with channels-last 3D weights, as ``brats_segmentation_train`` trains;
 - ``streamed``: channels-last steps fed by ``PatchDataset`` + ``DataLoader`` (workers from
   ``--threads``) from a patch HDF5 file in the preprocessing stage's format (lzf, one patch per
   chunk): what the rule does, reading from disk included;
@@ -33,9 +33,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from medflow.segmentation.data import PatchDataset
-from medflow.segmentation.predict import sliding_window
 from medflow.segmentation.loss import soft_dice_loss
-from medflow.segmentation.train import UNetParams, make_model
+from medflow.segmentation.model import make_model
+from medflow.segmentation.predict import sliding_window
+from medflow.segmentation.train import UNetParams
 from medflow.train import autocast, loader_kwargs, select_device, to_device
 
 PRESETS = {

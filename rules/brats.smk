@@ -5,7 +5,7 @@
 # Preprocessing: ingest (split + manifest) and, per case, validate -> N4 -> trim -> stack (HDF5) ->
 # patches. Library: medflow.ingest.brats, medflow.preprocess.{n4,trim,stack,patches}.
 # Later stages read BRATS_SPLIT, BRATS_STACK and BRATS_PATCHES (docs/brats_preprocessing.md).
-from dataclasses import asdict
+from dataclasses import fields
 
 from medflow.ingest.brats import MODALITIES as BRATS_MODALITIES
 from medflow.ingest.brats import raw_files as _brats_raw_files
@@ -21,7 +21,7 @@ BRATS_STACK = f"{BRATS}/stack/{{case}}.h5"
 BRATS_PATCHES = f"{BRATS}/patches/{{case}}.h5"
 
 # Only what changes the corrected image: threads and per_modality change how N4 runs, not its result.
-BRATS_N4_PARAMS = asdict(N4Params.from_config(config["brats"]["n4"]))
+BRATS_N4_PARAMS = {f.name: config["brats"]["n4"][f.name] for f in fields(N4Params)}
 BRATS_N4_CASE = expand(BRATS_N4, modality=BRATS_MODALITIES, allow_missing=True)  # one case's four outputs
 # {kind: path} of a case's raw files (as found on disk in a download: .nii[.gz], case 355's seg name)
 brats_raw = lambda case: _brats_raw_files(raw_dir("brats"), case, synthetic())
@@ -49,7 +49,7 @@ rule brats_ingest:
 
 
 rule brats_validate:
-    """One case's raw files are complete, readable, consistent and plausible (else one InputError)."""
+    """One case's raw files are complete, readable, consistent and plausible (else every problem, together)."""
     input:
         unpack(lambda wc: brats_raw(wc.case)),
     output:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from medflow.params import from_config
 from medflow.errors import InputError
 from medflow.preprocess.n4 import N4Params, correct_array, correct_case, correct_file, estimate_log_field, otsu_mask
 
@@ -75,9 +76,11 @@ def test_all_zero_volume_is_an_input_error(nifti, tmp_path):
     assert not (tmp_path / "out.nii.gz").exists()
 
 
-def test_params_from_config_ignore_rule_settings():
-    p = N4Params.from_config({"per_modality": False, "threads": 2, "shrink_factor": 3, "iterations": [7, 7]})
+def test_params_from_config():
+    p = from_config(N4Params, {"shrink_factor": 3, "iterations": [7, 7]})
     assert p.shrink_factor == 3 and p.iterations == [7, 7] and p.histogram_bins == 200
+    with pytest.raises(ValueError, match="threads"):  # how N4 runs is the rule's business, not the params'
+        from_config(N4Params, {"threads": 2, "shrink_factor": 3})
 
 
 SMALL_XYZ = (24, 22, 20)  # every axis a different length: a swapped axis changes the shape

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from medflow.params import from_config
 from medflow.errors import InputError
 from medflow.preprocess.patches import (PatchParams, accepted_origins, case_rng, extract, max_background_voxels,
                                         one_hot, origin_table, sample_case, sample_origins, standardize)
@@ -333,5 +334,5 @@ def _one_patch_stack(tmp_path):
 
 
 def test_params_from_config():
-    p = PatchParams.from_config({"patch_size": [4, 8, 8], "n_patches": 2, "background_threshold": 0.5, "other": 1})
+    p = from_config(PatchParams, {"patch_size": [4, 8, 8], "n_patches": 2, "background_threshold": 0.5})
     assert p == PatchParams(patch_size=[4, 8, 8], n_patches=2, background_threshold=0.5, compression="lzf")

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from medflow.params import from_config
 from medflow.errors import InputError
 from medflow.ingest.brats import MODALITIES
 from medflow.preprocess.stack import StackParams, stack_case, to_stored_label
@@ -188,5 +189,5 @@ def test_compression_options():
     assert StackParams(chunk_zyx=[4, 4, 4], compression="none").h5_kwargs((1, 3, 9)) == {"chunks": (1, 3, 4)}
     with pytest.raises(ValueError, match="^unknown compression 'zstd': gzip, lzf or none$"):
         StackParams(compression="zstd").h5_kwargs((2, 2, 2))
-    p = StackParams.from_config({"chunk_zyx": [8, 8, 8], "compression": "lzf", "threads": 1})
+    p = from_config(StackParams, {"chunk_zyx": [8, 8, 8], "compression": "lzf"})
     assert p == StackParams(chunk_zyx=[8, 8, 8], compression="lzf", compression_level=4)

@@ -1,5 +1,6 @@
 from medflow import io
 from medflow.jobs import start
+from medflow.params import from_config
 from medflow.preprocess.stack import MODALITIES, StackParams, stack_case
 
 log = start(snakemake)
@@ -11,7 +12,7 @@ stack_case(
     snakemake.input.seg,
     trim["kept_z_range"],
     snakemake.output[0],
-    StackParams.from_config(snakemake.params.stack),
+    from_config(StackParams, snakemake.params.stack),
     affine=valid["affine"],
     source_files=[valid["source_files"][k] for k in (*MODALITIES, "seg")],
 )

@@ -33,11 +33,6 @@ class N4Params:
     otsu_bins: int = 200
     control_points: int = 4
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "N4Params":
-        known = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
-        return cls(**known)
-
 
 def _sitk_image(data_xyz: np.ndarray, spacing_xyz) -> "sitk.Image":
     import SimpleITK as sitk

@@ -40,10 +40,6 @@ class PatchParams:
     background_threshold: float = 0.95
     compression: str = "lzf"
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "PatchParams":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
-
 
 def case_rng(seed: int, case: str) -> np.random.Generator:
     """The generator of one case: depends on the seed and the case id only."""

@@ -41,10 +41,6 @@ class StackParams:
     compression: str = "gzip"
     compression_level: int = 4
 
-    @classmethod
-    def from_config(cls, cfg: dict) -> "StackParams":
-        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
-
     def h5_kwargs(self, shape_zyx: Sequence[int]) -> dict:
         chunks = tuple(max(1, min(int(c), int(s))) for c, s in zip(self.chunk_zyx, shape_zyx))
         kw: dict = {"chunks": chunks}
@@ -127,3 +123,70 @@ def stack_case(case: str, modality_paths: Mapping[str, str | os.PathLike], seg_p
 def _with_channel(kw: dict) -> dict:
     """Chunk the (4, Z, Y, X) image one modality at a time."""
     return {**kw, "chunks": (1, *kw["chunks"])}
+
+
+# The one reader of the files stack_case writes (segmentation evaluation, grade slices, prediction).
+def _open(path: str | os.PathLike):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot open as HDF5 ({exc})") from None
+
+
+@dataclass
+class Stack:
+    """A stacked case: ``image`` (4, Z, Y, X) float32, ``label`` (Z, Y, X) uint8 stored labels or None,
+    ``spacing_zyx`` mm, ``affine`` 4x4 of the source NIfTI, ``original_shape_zyx`` and ``kept_z_range``
+    [start, stop) placing the stack in the original volume."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing_zyx: tuple[float, float, float]
+    affine: np.ndarray
+    original_shape_zyx: tuple[int, int, int]
+    kept_z_range: tuple[int, int]
+
+
+def _attr(f, path, name: str):
+    if name not in f.attrs:
+        raise InputError(path, f"attribute '{name}' is missing")
+    value = f.attrs[name]
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        value = json.loads(value)
+    return value
+
+
+def read_stack(path: str | os.PathLike, with_label: bool = True) -> Stack:
+    """Read and check a stacked case (whole volume: evaluation works on one case at a time)."""
+    with _open(path) as f:
+        if "image" not in f:
+            raise InputError(path, "no 'image' dataset")
+        image = np.asarray(f["image"][()], dtype=np.float32)
+        if image.ndim != 4 or image.shape[0] != len(MODALITIES):
+            raise InputError(path, f"'image' must be ({len(MODALITIES)}, Z, Y, X), got {image.shape}")
+        label = None
+        if with_label:
+            if "label" not in f:
+                raise InputError(path, "no 'label' dataset")
+            label = np.asarray(f["label"][()])
+            if label.shape != image.shape[1:]:
+                raise InputError(path, f"'label' shape {label.shape} differs from the image's {image.shape[1:]}")
+            bad = np.setdiff1d(np.unique(label), (0, 1, 2, 3))
+            if bad.size:
+                raise InputError(path, f"'label' holds values {bad.tolist()} outside the stored labels 0..3")
+            label = label.astype(np.uint8)
+        case_id = str(_attr(f, path, "case_id"))
+        spacing = tuple(float(s) for s in np.ravel(_attr(f, path, "spacing_zyx")))
+        affine = np.asarray(_attr(f, path, "affine"), dtype=float)
+        original = tuple(int(s) for s in np.ravel(_attr(f, path, "original_shape_zyx")))
+        kept = tuple(int(s) for s in np.ravel(_attr(f, path, "kept_z_range")))
+    if len(spacing) != 3 or affine.shape != (4, 4) or len(original) != 3 or len(kept) != 2:
+        raise InputError(path, "attributes spacing_zyx (3), affine (4x4), original_shape_zyx (3) or kept_z_range (2) are malformed")
+    if kept[1] - kept[0] != image.shape[1] or not (0 <= kept[0] < kept[1] <= original[0]) or original[1:] != image.shape[2:]:
+        raise InputError(path, f"kept_z_range {list(kept)} and original_shape_zyx {list(original)} do not fit the image {image.shape[1:]}")
+    return Stack(case_id, image, label, spacing, affine, original, kept)
