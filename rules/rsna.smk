@@ -123,7 +123,7 @@ rule rsna_train:
 
 
 rule rsna_evaluate:
-    """AUC on the held-out (test) patients for both variants, ROC plot, MLflow evaluation runs."""
+    """AUC on the held-out (test) patients for both variants, ROC plot, one MLflow evaluation run."""
     input:
         h5=rules.rsna_preprocess.output.h5,
         split=rules.rsna_ingest.output.split,
@@ -134,7 +134,6 @@ rule rsna_evaluate:
         roc=report(f"{RSNA}/evaluate/roc.png", category="rsna"),
         predictions=f"{RSNA}/evaluate/predictions.csv",
     params:
-        variants=RSNA_VARIANTS,
         evaluate=config["rsna"]["evaluate"],
         bootstrap=config["evaluation"],
         seed=config["seed"],

@@ -9,8 +9,10 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import update_config, validate
 
-from medflow.rsna.model import ModelConfig
+from medflow.params import from_config
+from medflow.rsna.evaluate import EvaluateParams
 from medflow.rsna.preprocess import PreprocessConfig
+from medflow.rsna.train import TrainParams
 from medflow.synthetic.rsna import settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +31,8 @@ def test_configs_validate_and_build(extra):
     cfg = _load(*extra)
     validate(copy.deepcopy(cfg), schema=SCHEMA)
     PreprocessConfig.from_params(cfg["rsna"]["preprocess"])
-    ModelConfig.from_params(cfg["rsna"]["train"])
+    from_config(TrainParams, {"variant": "with_metadata", "train": cfg["rsna"]["train"]}).train.model_config()
+    from_config(EvaluateParams, {"evaluate": cfg["rsna"]["evaluate"], "bootstrap": cfg["evaluation"]})
     settings(cfg["synthetic"]["rsna"])
 
 

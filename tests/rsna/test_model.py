@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from medflow.errors import InputError
-from medflow.rsna.model import ModelConfig, TwoInputNet, normalise
+from medflow.rsna.model import ModelConfig, TwoInputNet, load_model, normalise
+from medflow.train import load_checkpoint
 
 
 def test_two_input_model_uses_metadata_and_image_only_ignores_it():
@@ -52,3 +53,24 @@ def test_bad_config_values_are_rejected():
         ModelConfig(backbone="vgg")
     with pytest.raises(ValueError, match="resnet18 only"):
         ModelConfig(backbone="simple", weights="imagenet")
+
+
+@pytest.mark.parametrize("variant", ["with_metadata", "image_only"])
+def test_load_model_rebuilds_the_trained_network_from_a_path_or_a_dict(trained, variant):
+    path = trained["checkpoints"][variant]
+    ckpt = load_checkpoint(path)
+    from_path, from_dict = load_model(path), load_model(ckpt)
+    assert not from_path.training and from_path.use_meta == (variant == "with_metadata")
+    for model in (from_path, from_dict):
+        state = model.state_dict()
+        assert state.keys() == ckpt["state_dict"].keys()
+        assert all(torch.equal(state[k], ckpt["state_dict"][k]) for k in state)
+    n_meta = len(ckpt["meta"]["meta_features"])
+    image, meta = normalise(torch.randint(0, 256, (2, 24, 24), dtype=torch.uint8)), torch.ones(2, n_meta)
+    torch.testing.assert_close(from_path(image, meta), from_dict(image, meta), rtol=0, atol=0)
+
+
+def test_load_model_names_a_checkpoint_of_another_model(tmp_path):
+    torch.save({"state_dict": {}, "meta": {"model": {}}}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="other.pt: not an RSNA checkpoint: its meta lacks meta_features, use_meta"):
+        load_model(tmp_path / "other.pt")

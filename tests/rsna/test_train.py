@@ -1,38 +1,15 @@
-"""Training both variants through medflow.train.fit and evaluating them on the held-out patients."""
+"""Training both variants through medflow.train.fit; validation scores through medflow.rsna.predict."""
 
-import json
-
+import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from medflow.ingest import rsna as ingest
-from medflow.rsna import metadata
-from medflow.rsna import preprocess as pp
+from medflow.evaluation.classification import binary_report
+from medflow.params import from_config
 from medflow.rsna import train as tr
-from medflow.rsna.evaluate import evaluate
-from medflow.train import load_checkpoint
-
-PARAMS = {"backbone": "simple", "weights": "none", "channels": [4, 8], "meta_hidden": 4, "dropout": 0.1, "epochs": 2,
-          "patience": 0, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0,
-          "augment": {"translate": 0.05, "rotate_deg": 5, "scale": 0.05, "hflip": True}}
-
-
-@pytest.fixture(scope="module")
-def prepared(rsna_raw, tmp_path_factory):
-    d = tmp_path_factory.mktemp("rsna_train")
-    manifest = ingest.ingest(rsna_raw, d / "manifest.csv", d / "split.csv", {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
-    table, _ = metadata.build_table(manifest)
-    pp.write_hdf5(table, manifest, d / "images.h5", pp.PreprocessConfig(size=24))
-    return d
-
-
-def test_split_indices_follow_the_patient_split(prepared):
-    idx = tr.split_indices(prepared / "images.h5", prepared / "split.csv")
-    split = pd.read_csv(prepared / "split.csv")
-    assert {k: len(v) for k, v in idx.items()} == split["split"].value_counts().to_dict()
-    assert sorted(np.concatenate(list(idx.values()))) == list(range(len(split)))
+from medflow.train import Job, load_checkpoint
+from tests.rsna.conftest import TRAIN, VARIANTS
 
 
 def test_augment_is_seeded_and_keeps_the_shape():
@@ -45,28 +22,55 @@ def test_augment_is_seeded_and_keeps_the_shape():
     assert torch.equal(tr.augment(x, 0, 0, 0, False), x)
 
 
-def test_train_both_variants_and_evaluate(prepared, tmp_path):
-    ckpts = {}
-    for variant in ("with_metadata", "image_only"):
-        ckpts[variant] = tmp_path / f"{variant}.pt"
-        result = tr.train(prepared / "images.h5", prepared / "split.csv", variant, ckpts[variant], tmp_path / f"{variant}.png",
-                          PARAMS, threads=1, seed=0, track=False)
-        assert len(result.history) == 2 and "val_auc" in result.history[0]
-        ckpt = load_checkpoint(ckpts[variant])  # weights_only=True
-        assert ckpt["meta"]["variant"] == variant and ckpt["meta"]["use_meta"] == (variant == "with_metadata")
-        assert ckpt["meta"]["meta_features"][-1] == "view_PA" and ckpt["monitor"] == "val_auc"
-        assert (tmp_path / f"{variant}.png").stat().st_size > 0
-        assert not (tmp_path / f"{variant}.pt.resume").exists()
-    out = {k: tmp_path / k for k in ("metrics.json", "roc.png", "predictions.csv")}
-    metrics = evaluate(prepared / "images.h5", prepared / "split.csv", ckpts, out["metrics.json"], out["roc.png"],
-                       out["predictions.csv"], track=False)
-    assert json.loads(out["metrics.json"].read_text()) == metrics
-    split = pd.read_csv(prepared / "split.csv", dtype={"patientId": str})
-    test_ids = sorted(split.loc[split["split"] == "test", "patientId"])
-    assert metrics["headline"]["model"] == "with_metadata" and metrics["headline"]["value"] == metrics["with_metadata"]["auc"]
-    assert metrics["n_patients"] == len(test_ids) and metrics["n_excluded"] == 0
-    for rep in (metrics["with_metadata"], metrics["image_only"]):
-        assert 0 <= rep["auc"] <= 1 and rep["n"] == len(test_ids)
-    preds = pd.read_csv(out["predictions.csv"], dtype={"patientId": str})
-    assert sorted(preds["patientId"]) == test_ids and preds[["prob_with_metadata", "prob_image_only"]].stack().between(0, 1).all()
-    assert out["roc.png"].stat().st_size > 0
+def test_params_come_from_the_config_block_and_reject_typos_and_unknown_variants():
+    p = from_config(tr.TrainParams, {"variant": "image_only", "train": TRAIN})
+    assert p.train.augment == tr.Augment(translate=0.05, rotate_deg=5, scale=0.05, hflip=True)
+    assert p.train.model_config().channels == [4, 8] and p.train.model_config().meta_hidden == 4
+    with pytest.raises(ValueError, match="variant must be one of"):
+        from_config(tr.TrainParams, {"variant": "both", "train": TRAIN})
+    with pytest.raises(ValueError, match="unknown key 'epoch'"):
+        from_config(tr.TrainParams, {"variant": "image_only", "train": {**TRAIN, "epoch": 3}})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_train_writes_the_best_checkpoint_with_what_evaluation_needs(trained, variant):
+    result = trained["results"][variant]
+    assert len(result.history) == 2 and "val_auc" in result.history[0]
+    ckpt = load_checkpoint(trained["checkpoints"][variant])  # weights_only=True
+    assert ckpt["meta"]["variant"] == variant and ckpt["meta"]["use_meta"] == (variant == "with_metadata")
+    assert ckpt["meta"]["meta_features"][-1] == "view_PA" and ckpt["meta"]["size"] == 24
+    assert ckpt["monitor"] == "val_auc" and ckpt["epoch"] == result.best_epoch
+    assert ckpt["score"] == max(row["val_auc"] for row in result.history)
+    d = trained["checkpoints"][variant].parent
+    assert (d / "curves.png").stat().st_size > 0 and not (d / "model.pt.resume").exists()
+
+
+def test_training_runs_are_named_by_rule_and_variant(trained):
+    client = mlflow.MlflowClient(trained["uri"])
+    for variant in VARIANTS:
+        run = client.get_run(trained["results"][variant].run_id)
+        assert run.info.run_name == f"rsna_train/{variant}" and run.data.tags["variant"] == variant
+        assert run.data.params["variant"] == variant and run.data.params["augment.rotate_deg"] == "5"
+        assert load_checkpoint(trained["checkpoints"][variant])["mlflow_run_id"] == run.info.run_id
+
+
+def test_validation_scores_are_computed_by_predict(prepared, tmp_path, monkeypatch):
+    """fit's validation goes through medflow.rsna.predict: its outputs give val loss and AUC."""
+    seen = []
+    real = tr.predict
+
+    def spy(model, loader, device, *, bf16=True):
+        out = real(model, loader, device, bf16=bf16)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(tr, "predict", spy)
+    params = from_config(tr.TrainParams, {"variant": "with_metadata", "train": {**TRAIN, "epochs": 2}})
+    result = tr.train({"h5": prepared / "images.h5", "split": prepared / "split.csv"},
+                      {"checkpoint": tmp_path / "model.pt"}, params, Job(threads=1, seed=0, track=False))
+    assert len(seen) == 2 and all(len(out["prob"]) == 6 for out in seen)  # one call per epoch, the 6 val patients
+    for row, out in zip(result.history, seen):
+        y, p = out["target"], out["prob"]
+        assert row["val_auc"] == binary_report(y, p)["auc"]
+        bce = -np.mean(y * np.log(p + 1e-7) + (1 - y) * np.log(1 - p + 1e-7))
+        assert row["val_loss"] == pytest.approx(bce, abs=1e-6)

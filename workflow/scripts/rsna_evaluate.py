@@ -1,17 +1,9 @@
 from medflow.jobs import start
-from medflow.rsna.evaluate import evaluate
+from medflow.params import from_config
+from medflow.rsna.evaluate import EvaluateParams, evaluate
+from medflow.train import Job
 
 log = start(snakemake)
-evaluate(
-    snakemake.input.h5,
-    snakemake.input.split,
-    dict(zip(snakemake.params.variants, snakemake.input.checkpoints)),
-    snakemake.output.metrics,
-    snakemake.output.roc,
-    snakemake.output.predictions,
-    threshold=snakemake.params.evaluate["threshold"],
-    batch_size=snakemake.params.evaluate["batch_size"],
-    threads=snakemake.threads,
-    bf16=snakemake.params.bf16,
-    rule=snakemake.rule,
-)
+params = from_config(EvaluateParams, {"evaluate": snakemake.params.evaluate, "bootstrap": snakemake.params.bootstrap})
+metrics = evaluate(dict(snakemake.input.items()), dict(snakemake.output.items()), params, Job.from_snakemake(snakemake))
+log.info("headline: %s", ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics["headline"].items()))

@@ -1,17 +1,9 @@
 from medflow.jobs import start
-from medflow.rsna.train import train
+from medflow.params import from_config
+from medflow.rsna.train import TrainParams, train
+from medflow.train import Job
 
 log = start(snakemake)
-result = train(
-    snakemake.input.h5,
-    snakemake.input.split,
-    snakemake.wildcards.variant,
-    snakemake.output.checkpoint,
-    snakemake.output.curves,
-    snakemake.params.train,
-    threads=snakemake.threads,
-    seed=snakemake.params.seed,
-    bf16=snakemake.params.bf16,
-    rule=snakemake.rule,
-)
+params = from_config(TrainParams, {"variant": snakemake.wildcards.variant, "train": snakemake.params.train})
+result = train(dict(snakemake.input.items()), dict(snakemake.output.items()), params, Job.from_snakemake(snakemake))
 log.info("best val AUC %.4f at epoch %d", result.best_score, result.best_epoch)

@@ -1,88 +1,140 @@
 """Evaluating the RSNA models on the held-out (test) patients.
 
-Writes ``metrics.json`` (headline: AUC of the two-input model, variant ``with_metadata``; a row per
-variant, the image-only model as the comparison), one ROC plot with both curves, and a predictions
-CSV (patientId, target, one probability per model). Each model gets an MLflow evaluation run tagged
-``training_run_id`` (its training run).
+One run covers both variants: ``metrics.json`` (headline ``auc_with_metadata`` and ``auc_image_only``,
+each with a bootstrap interval over the test patients; a row per variant), one ROC plot with both
+curves, and a predictions CSV (patientId, target, one probability per model). One MLflow evaluation
+run (the rule's name) records both, tagged ``training_run_id`` = the two training runs, comma-joined.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from medflow import io, tracking
 from medflow import train as mtrain
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_roc
-from medflow.rsna.train import EXPERIMENT, H5Patients, load_model, predict, split_indices
+from medflow.evaluation.headline import auc_metric
+from medflow.rsna.data import eval_loader, read_info, split_indices
+from medflow.rsna.model import load_model
+from medflow.rsna.predict import predict
 from medflow.train.device import describe
 
 log = logging.getLogger(__name__)
 
-HEADLINE = "with_metadata"
+EXPERIMENT = "rsna"
+VARIANTS = ("with_metadata", "image_only")  # the metrics' order: the two-input model, then its comparison
 LABELS = {"with_metadata": "image + metadata", "image_only": "image only"}
 
 
-def evaluate(h5_path: str | os.PathLike, split_csv: str | os.PathLike, checkpoints: Mapping[str, str | os.PathLike],
-             metrics_out: str | os.PathLike, roc_out: str | os.PathLike, predictions_out: str | os.PathLike, *,
-             split: str = "test", threshold: float = 0.5, batch_size: int = 64, threads: int = 1, bf16: bool = True,
-             rule: str | None = None, track: bool = True) -> dict:
-    """Evaluate every checkpoint (variant -> path) on ``split``; returns the metrics dict."""
-    import h5py
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Config ``rsna.evaluate``."""
 
-    device = mtrain.select_device(threads)
+    threshold: float = 0.5  # P(pneumonia) at or above it counts as positive (accuracy, sensitivity, specificity)
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Config ``evaluation``: the headline's percentile bootstrap over test patients."""
+
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """The rule's params blocks ``evaluate`` and ``bootstrap``; ``split`` is the split evaluated."""
+
+    evaluate: EvaluateConfig = EvaluateConfig()
+    bootstrap: Bootstrap = Bootstrap()
+    split: str = "test"
+
+
+def _checkpoint_paths(value) -> list:
+    return [value] if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: EvaluateParams, job: mtrain.Job) -> dict:
+    """Evaluate every checkpoint on ``params.split``; returns the metrics dict written to ``metrics``.
+
+    ``inputs``: ``h5`` (preprocessing HDF5), ``split`` (ingest split CSV), ``checkpoints`` (one path or a
+    list, one per variant; the variant is read from each checkpoint). ``outputs``: ``metrics``, ``roc``,
+    ``predictions``. A checkpoint trained on other metadata features or another image size than the
+    HDF5 holds is an ``InputError``: its inputs would be misread.
+    """
+    h5_path, split_csv = inputs["h5"], inputs["split"]
+    split, cfg, boot = params.split, params.evaluate, params.bootstrap
+    device = mtrain.select_device(job.threads)
     idx = split_indices(h5_path, split_csv).get(split, np.zeros(0, dtype=np.int64))
     if len(idx) == 0:
         raise InputError(split_csv, f"no usable patient in the {split} split")
     split_df = pd.read_csv(split_csv, dtype={"patientId": str})
     n_split = int((split_df["split"] == split).sum())
-    with h5py.File(h5_path, "r") as h5:
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5["patient_id"][:]]
-    loader = torch.utils.data.DataLoader(H5Patients(h5_path, idx), batch_size=batch_size, shuffle=False,
-                                         **mtrain.loader_kwargs(device, threads))
-    preds = pd.DataFrame({"patientId": [ids[i] for i in idx]})
-    models, curves = {}, {}
-    for variant, path in checkpoints.items():
-        model, ckpt = load_model(path, device)
-        y, p = predict(model, loader, device, bf16)
+    info = read_info(h5_path)
+    patients = [info.patient_ids[i] for i in idx]
+    loader = eval_loader(h5_path, idx, batch_size=cfg.batch_size, device=device, threads=job.threads)
+
+    ckpts: dict[str, dict] = {}
+    for path in _checkpoint_paths(inputs["checkpoints"]):
+        ckpt = mtrain.load_checkpoint(path, map_location=device)
+        meta = ckpt.get("meta", {})
+        variant = meta.get("variant")
+        if variant not in VARIANTS:
+            raise InputError(path, f"not an RSNA checkpoint of a known variant ({', '.join(VARIANTS)}): {variant!r}")
+        if variant in ckpts:
+            raise InputError(path, f"a second checkpoint of variant {variant}")
+        if meta.get("meta_features") != info.meta_features or meta.get("size") != info.size:
+            raise InputError(path, f"trained on features {meta.get('meta_features')} at size {meta.get('size')}, but "
+                                   f"{h5_path} holds {info.meta_features} at size {info.size}")
+        ckpts[variant] = ckpt
+
+    preds = pd.DataFrame({"patientId": patients})
+    models, curves, headline = {}, {}, {}
+    for variant in [v for v in VARIANTS if v in ckpts]:
+        ckpt = ckpts[variant]
+        out = predict(load_model(ckpt, device), loader, device, bf16=job.bf16)
+        y, p = out["target"], out["prob"]
         preds["target"] = y.astype(int)
         preds[f"prob_{variant}"] = p
-        rep = binary_report(y, p, threshold)
-        rep.update(best_epoch=int(ckpt["epoch"]), val_auc=float(ckpt["score"]), training_run_id=ckpt.get("mlflow_run_id", ""))
-        curves[LABELS.get(variant, variant)] = (y, p)
+        rep = binary_report(y, p, cfg.threshold)
+        rep.update(best_epoch=int(ckpt["epoch"]), val_auc=float(ckpt["score"]),
+                   training_run_id=ckpt.get("mlflow_run_id") or "")
+        # One image per patient; grouping by patient keeps n the number of patients regardless.
+        headline[f"auc_{variant}"] = auc_metric(y.astype(int), p, groups=patients, n_boot=boot.bootstrap_samples,
+                                                seed=job.seed, level=boot.confidence)
+        curves[LABELS[variant]] = (y, p)
         models[variant] = rep
-        log.info("%s on %d %s patients: AUC %.3f, balanced accuracy %.3f", variant, rep["n"], split, rep["auc"], rep["balanced_accuracy"])
-    plot_roc(curves, roc_out, title=f"RSNA pneumonia, {split} patients")
-
-    if track:
-        import mlflow
-
-        for variant, rep in models.items():
-            tags = {"pipeline": "rsna", "variant": variant, "training_run_id": rep["training_run_id"], "device": describe(device)}
-            with tracking.run(EXPERIMENT, f"rsna_evaluate_{variant}", rule=rule, tags=tags,
-                              params={"variant": variant, "split": split, "threshold": threshold, "n": rep["n"]}) as run:
-                mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in rep.items()
-                                    if k not in ("best_epoch", "val_auc", "training_run_id") and np.isfinite(v)})
-                mlflow.log_artifact(str(roc_out), artifact_path="plots")
-                mlflow.log_dict(rep, "metrics.json")
-                rep["mlflow_run_id"] = run.info.run_id
-
-    with io.atomic_path(predictions_out) as tmp:
+        log.info("%s on %d %s patients: AUC %.3f, balanced accuracy %.3f", variant, rep["n"], split, rep["auc"],
+                 rep["balanced_accuracy"])
+    plot_roc(curves, outputs["roc"], title=f"RSNA pneumonia, {split} patients")
+    with io.atomic_path(outputs["predictions"]) as tmp:
         preds.to_csv(tmp, index=False)
-    head = HEADLINE if HEADLINE in models else next(iter(models))
-    metrics = {
+
+    metrics: dict[str, Any] = {
         "pipeline": "rsna",
         "split": split,
-        "headline": {"metric": "auc", "model": head, "value": models[head]["auc"]},
+        "headline": headline,
         "n_patients": len(idx),
         "n_excluded": n_split - len(idx),  # patients of the split whose image could not be used
-        **models,  # one row per variant: with_metadata (the headline), image_only (the comparison)
+        **models,  # one row per variant: with_metadata, then image_only (the comparison)
     }
-    io.write_json(metrics_out, metrics)
+    if job.track:
+        keys = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "n_positive")
+        metrics["mlflow_run_id"] = tracking.log_evaluation(
+            EXPERIMENT, job.rule or "rsna_evaluate", headline=headline,
+            training_run_id=[rep["training_run_id"] for rep in models.values()],
+            artifacts=[outputs["roc"], outputs["predictions"]],
+            params={"split": split, "variants": ",".join(models), "threshold": cfg.threshold, "n": len(idx),
+                    "bootstrap_samples": boot.bootstrap_samples, "confidence": boot.confidence, "seed": job.seed},
+            tags={"pipeline": "rsna", "device": describe(device)}, rule=job.rule,
+            extra_metrics={f"{v}_{k}": float(rep[k]) for v, rep in models.items() for k in keys})
+    io.write_json(outputs["metrics"], metrics)
     return metrics

@@ -1,15 +1,18 @@
 """The RSNA two-input network: a CNN branch on the image and a dense branch on the metadata features,
 concatenated before a one-logit head (BCE). ``use_meta=False`` gives the image-only comparison model
-with the same image branch and head.
+with the same image branch and head. ``load_model`` rebuilds a trained one from its checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from medflow.errors import InputError
 
 BACKBONES = ("simple", "resnet18")
 # Greyscale ImageNet statistics (mean of the RGB channel statistics): the input normalisation.
@@ -33,10 +36,6 @@ class ModelConfig:
             raise ValueError("ImageNet weights exist for backbone resnet18 only")
         self.channels = [int(c) for c in self.channels]
 
-    @classmethod
-    def from_params(cls, p: Mapping[str, Any]) -> "ModelConfig":
-        return cls(**{k: p[k] for k in ("backbone", "weights", "channels", "meta_hidden", "dropout") if k in p})
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -45,7 +44,8 @@ def _simple_cnn(channels: Sequence[int]) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     prev = 1
     for c in channels:
-        layers += [nn.Conv2d(prev, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        layers += [nn.Conv2d(prev, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                   nn.MaxPool2d(2)]
         prev = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers), prev
@@ -78,7 +78,8 @@ class TwoInputNet(nn.Module):
             self.image_branch, n_img = _simple_cnn(cfg.channels)
         else:
             self.image_branch, n_img = _resnet18(cfg.weights)
-        self.meta_branch = nn.Sequential(nn.Linear(n_meta, cfg.meta_hidden), nn.ReLU(inplace=True)) if use_meta else None
+        self.meta_branch = (nn.Sequential(nn.Linear(n_meta, cfg.meta_hidden), nn.ReLU(inplace=True)) if use_meta
+                            else None)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(n_img + (cfg.meta_hidden if use_meta else 0), 1))
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
@@ -93,3 +94,23 @@ class TwoInputNet(nn.Module):
 def normalise(image_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 images (B, H, W) -> float (B, 1, H, W) with greyscale ImageNet statistics."""
     return ((image_uint8.float() / 255.0 - GREY_MEAN) / GREY_STD).unsqueeze(1)
+
+
+def load_model(checkpoint: Mapping[str, Any] | str | os.PathLike, device: torch.device | str = "cpu") -> TwoInputNet:
+    """A trained model in eval mode on ``device``, from a checkpoint of ``rsna.train`` (its dict or its path).
+
+    The architecture comes from the checkpoint's ``meta`` (``model``, ``meta_features``, ``use_meta``); the
+    backbone is built without pretrained weights, since the checkpoint's state dict replaces them all.
+    """
+    from medflow.train import load_checkpoint
+
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, map_location=device)
+    meta = ckpt.get("meta", {})
+    missing = [k for k in ("model", "meta_features", "use_meta") if k not in meta]
+    if missing:
+        where = "checkpoint" if isinstance(checkpoint, Mapping) else checkpoint
+        raise InputError(where, f"not an RSNA checkpoint: its meta lacks {', '.join(missing)}")
+    model = TwoInputNet(len(meta["meta_features"]), ModelConfig(**{**meta["model"], "weights": "none"}),
+                        use_meta=meta["use_meta"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
