@@ -21,13 +21,15 @@ def snakemake_cmd(workdir: Path, *args: str, configfiles=(), cores: int = 2) -> 
             "--resources", "gpu=1", "--configfile", *cfg]
 
 
-def run_snakemake(workdir: Path, *args: str, configfiles=(), check=True, timeout=1200, **kw) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, configfiles=(), check=True, timeout=1200,
+                  **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("MLFLOW_TRACKING_URI", None)  # each scratch run tracks into its own results/mlflow
     proc = subprocess.run(snakemake_cmd(workdir, *args, configfiles=configfiles), capture_output=True, text=True,
                           env=env, timeout=timeout, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
 
 

@@ -1,13 +1,9 @@
 """--keep-going with one malformed case: the other cases and the other pipelines complete, and the failed
 job's log names the file and the problem."""
 
-import pytest
-
 from tests.workflow.smk import run_snakemake
 
-pytestmark = pytest.mark.workflow
-
-RAW = "results/raw/brats/MICCAI_BraTS2020_TrainingData"
+RAW = "results/synthetic/brats/MICCAI_BraTS2020_TrainingData"
 
 
 def test_keep_going_with_one_truncated_case(tmp_path):

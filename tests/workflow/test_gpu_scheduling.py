@@ -11,8 +11,6 @@ import pytest
 
 from tests.workflow import workflow_rules
 
-pytestmark = pytest.mark.workflow
-
 REPO = workflow_rules.REPO
 GPU_SECONDS = 2
 # Two independent GPU jobs and one long CPU job: with room for all three, only the `gpu` limit

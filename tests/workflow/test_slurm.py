@@ -16,7 +16,7 @@ import yaml
 
 from tests.workflow import slurm_cluster
 
-pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+pytestmark = pytest.mark.slurm  # and `workflow`, as all of tests/workflow (conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm"
@@ -24,7 +24,7 @@ CONFIGS = [REPO / "config" / "config.yaml", REPO / "tests" / "config" / "tiny.ya
 # A small corner of the workflow with CPU jobs and one GPU job: rule -> an output it writes.
 TARGETS = {
     "mlflow_store": "results/mlflow/store.json",
-    "mrnet_train": "results/mrnet/acl/axial/fold_all/model.pt",
+    "mrnet_train": "results/mrnet/train/acl/axial/fold_all/model.pt",
 }
 GPU_RULE = "mrnet_train"
 

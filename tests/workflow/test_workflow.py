@@ -1,4 +1,6 @@
-"""The workflow as users run it: whole DAG, a real tiny run, nothing-to-do, partial reruns."""
+"""The workflow as users run it: whole DAG, a real tiny run, nothing-to-do, and partial reruns: a rule's
+params carry exactly what the stage uses, so a changed value reruns that stage and what follows it,
+and nothing else."""
 
 from __future__ import annotations
 
@@ -7,16 +9,28 @@ import json
 import pytest
 import yaml
 
-from tests.workflow.smk import planned_jobs, run_snakemake
+from medflow.ingest.mrnet import TASKS
+from tests.workflow import workflow_rules
+from tests.workflow.smk import ROOT, TINY, planned_jobs, run_snakemake
 
-pytestmark = pytest.mark.workflow
-
+# Longest prefix first: brats_segmentation_* and brats_grade_* are pipelines of their own; the other
+# brats_* rules are the preprocessing they share.
 PIPELINE_PREFIXES = {
-    "brats": ("brats_", "train_unet3d", "evaluate_unet3d", "grade_", "synthetic_brats"),
+    "brats_segmentation": ("brats_segmentation_",),
+    "brats_grade": ("brats_grade_",),
+    "brats": ("brats_", "synthetic_brats"),
     "mrnet": ("mrnet_", "synthetic_mrnet"),
     "rsna": ("rsna_", "synthetic_rsna"),
     "oct": ("oct_", "synthetic_oct"),
 }
+# The report prints the whole config, so every config change reruns it (and `all`, which collects it).
+REPORT = {"report", "all"}
+BRATS_FROM_N4 = {
+    "brats_n4", "brats_trim", "brats_stack", "brats_patches",
+    "brats_segmentation_train", "brats_segmentation_evaluate",
+    "brats_grade_slices", "brats_grade_train", "brats_grade_evaluate",
+}
+EVALUATE = {"brats_segmentation_evaluate", "brats_grade_evaluate", "mrnet_evaluate", "rsna_evaluate", "oct_evaluate"}
 
 
 def pipeline_of(rule: str) -> str | None:
@@ -26,19 +40,22 @@ def pipeline_of(rule: str) -> str | None:
     return None
 
 
-def test_dry_run_plans_every_pipeline(tmp_path):
-    out = run_snakemake(tmp_path, "-n").stdout
-    jobs = planned_jobs(out)
-    assert {"mlflow_store", "report", "all"} <= set(jobs)
-    assert {pipeline_of(r) for r in jobs} >= {"brats", "mrnet", "rsna", "oct"}
+def test_dry_run_plans_every_rule_of_every_pipeline(tmp_path):
+    jobs = planned_jobs(run_snakemake(tmp_path / "wd", "-n").stdout)
+    rules = workflow_rules.declared_rules(configfiles=[ROOT / "config" / "config.yaml", TINY], workdir=tmp_path)
+    assert set(jobs) == set(rules), f"never planned: {set(rules) - set(jobs)}"
+    assert {pipeline_of(r) for r in jobs} - {None} == set(PIPELINE_PREFIXES)
 
 
 def test_tiny_run_writes_every_pipeline_output(tiny_run):
     results = tiny_run / "results"
-    for metrics in ["brats/segmentation/metrics.json", "brats/grade/metrics.json", "rsna/metrics.json", "oct/metrics.json"]:
+    final = ["brats/segmentation/evaluate/metrics.json", "brats/grade/evaluate/metrics.json",
+             "mrnet/summary/metrics.json", "rsna/evaluate/metrics.json", "oct/evaluate/metrics.json"]
+    for metrics in final:
         data = json.loads((results / metrics).read_text())
-        assert data, metrics
-    assert list((results / "mrnet").glob("*/metrics.json")), "one metrics file per MRNet task"
+        assert data.get("headline"), f"{metrics}: the report reads its headline block"
+    assert sorted(p.parent.name for p in (results / "mrnet" / "evaluate").glob("*/metrics.json")) == sorted(TASKS)
+    assert (results / "mrnet" / "summary" / "summary.csv").is_file()
     html = (results / "report" / "report.html").read_text()
     assert "Headline metrics" in html and "data:image/png;base64" in html
     assert "git commit" in (results / "report" / "summary.md").read_text()
@@ -53,27 +70,36 @@ def test_second_run_has_nothing_to_do(tiny_run):
     assert "Nothing to be done" in out
 
 
-def _override(tmp_path, data) -> str:
-    path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
 def _planned_with(tiny_run, tmp_path, override) -> dict[str, int]:
-    out = run_snakemake(tiny_run, "-n", configfiles=[_override(tmp_path, override)]).stdout
-    return planned_jobs(out)
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(override))
+    return planned_jobs(run_snakemake(tiny_run, "-n", configfiles=[path]).stdout)
 
 
-def test_changed_mrnet_training_value_plans_only_mrnet_jobs(tiny_run, tmp_path):
+@pytest.mark.parametrize("override", [
+    {"brats": {"n4": {"threads": 2}}},
+    {"compute": {"train_threads": 3}},
+    {"rsna": {"threads": 2}},
+], ids=["brats.n4.threads", "compute.train_threads", "rsna.threads"])
+def test_changed_thread_count_reruns_no_stage(tiny_run, tmp_path, override):
+    """Threads change how a job runs, not what it writes: they are `threads:`, never params."""
+    jobs = _planned_with(tiny_run, tmp_path, override)
+    assert set(jobs) <= REPORT, jobs
+
+
+def test_changed_n4_correction_value_reruns_n4_and_everything_after_it(tiny_run, tmp_path):
+    jobs = _planned_with(tiny_run, tmp_path, {"brats": {"n4": {"shrink_factor": 3}}})  # tiny.yaml: 2
+    assert set(jobs) == BRATS_FROM_N4 | REPORT, "N4, trim, stack, patches and both BraTS pipelines; nothing upstream"
+    assert jobs["brats_n4"] == 6, "every case"
+
+
+def test_changed_bootstrap_reruns_evaluation_not_training(tiny_run, tmp_path):
+    jobs = _planned_with(tiny_run, tmp_path, {"evaluation": {"bootstrap_samples": 321}})
+    assert set(jobs) == EVALUATE | {"mrnet_summary"} | REPORT, jobs
+    assert jobs["mrnet_evaluate"] == len(TASKS)
+
+
+def test_changed_mrnet_training_value_reruns_only_mrnet_training_and_after(tiny_run, tmp_path):
     jobs = _planned_with(tiny_run, tmp_path, {"mrnet": {"train": {"lr": 0.000123}}})
-    assert any(r.startswith("mrnet_train") for r in jobs), jobs
-    assert {pipeline_of(r) for r in jobs} - {None} == {"mrnet"}, jobs
-    assert set(r for r in jobs if pipeline_of(r) is None) <= {"report", "all"}
-
-
-def test_changed_n4_value_plans_n4_and_downstream_brats_only(tiny_run, tmp_path):
-    jobs = _planned_with(tiny_run, tmp_path, {"brats": {"n4": {"iterations": [7, 7]}}})
-    assert "brats_n4" in jobs and "brats_stack" in jobs and "train_unet3d" in jobs, jobs
-    assert any(r.startswith("grade_") for r in jobs), "the grade pipeline reads the stacked cases"
-    assert {pipeline_of(r) for r in jobs} - {None} == {"brats"}, jobs
-    assert "synthetic_brats" not in jobs and "brats_ingest" not in jobs, "nothing upstream of N4 reruns"
+    assert set(jobs) == {"mrnet_train", "mrnet_evaluate", "mrnet_summary"} | REPORT, jobs
+    assert jobs["mrnet_train"] == 9, "task x plane, all-train models (tiny.yaml: in-sample stacking)"

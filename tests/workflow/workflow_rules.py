@@ -2,8 +2,9 @@
 
 `declared_rules()` loads /work/main/Snakefile in a child process (the rules files change os.environ
 and sys.path when they load) and returns, per rule: its script (absolute path or None), whether it
-is a localrule, and its fixed resources (`_cores` is `threads`). Values computed per job (callables)
-come back as the string "<callable>".
+is a localrule, its fixed resources (`_cores` is `threads`), and its log, benchmark and output paths
+as written in the rule (relative to the working directory, wildcards as `{name}` without their
+constraints). Values computed per job (callables) come back as the string "<callable>".
 
 `script_uses_device(path)` says whether a script puts work on a torch device: the script or any
 medflow module it imports (transitively, any import anywhere in a file) calls
@@ -29,7 +30,8 @@ DEVICE_MODULE = SRC / "medflow" / "train" / "device.py"
 
 
 def declared_rules(configfiles=(), config=None, workdir=None) -> dict[str, dict]:
-    """{rule name: {"script", "local", "resources"}} as Snakemake parses the workflow."""
+    """{rule name: {"script", "local", "resources", "log", "benchmark", "output"}} as Snakemake parses the
+    workflow: "log" and "output" are lists of paths, "benchmark" a path or None."""
     args = {"configfiles": [str(c) for c in configfiles], "config": config or {},
             "workdir": str(workdir or REPO)}
     done = subprocess.run([sys.executable, __file__, json.dumps(args)], capture_output=True, text=True,
@@ -37,6 +39,13 @@ def declared_rules(configfiles=(), config=None, workdir=None) -> dict[str, dict]
     if done.returncode != 0:
         raise RuntimeError(f"loading the workflow failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _paths(files) -> list[str]:
+    """Paths as the rule wrote them: `{case,BraTS20_Training_\\d+}` (a constraint Snakemake adds) reads `{case}`."""
+    from snakemake.io import strip_wildcard_constraints
+
+    return [strip_wildcard_constraints(str(f)) for f in files]
 
 
 def _dump(args):
@@ -62,7 +71,14 @@ def _dump(args):
                 for name, res in rule.resources.items()
                 if name != "tmpdir"
             }
-            out[rule.name] = {"script": script, "local": rule.name in wf._workflow._localrules or bool(rule.norun), "resources": resources}
+            out[rule.name] = {
+                "script": script,
+                "local": rule.name in wf._workflow._localrules or bool(rule.norun),
+                "resources": resources,
+                "log": _paths(rule.log),
+                "benchmark": _paths([rule.benchmark])[0] if rule.benchmark else None,
+                "output": _paths(rule.output),
+            }
     print(json.dumps(out))
 
 
