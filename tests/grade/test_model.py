@@ -6,7 +6,7 @@ from torch import nn
 from torchvision import models
 
 from medflow.errors import InputError
-from medflow.grade.model import adapt_conv1, build_resnet18
+from medflow.grade.model import adapt_conv1, build_resnet18, load_model
 
 
 @pytest.fixture
@@ -79,3 +79,19 @@ def test_imagenet_weights_fail_clearly_when_not_cached(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not cached") as e:
         build_resnet18(weights="imagenet")
     assert e.value.path.endswith("checkpoints/resnet18-f37072fd.pth")
+
+
+def test_load_model_rebuilds_the_trained_network_from_a_checkpoint_or_its_path(tmp_path):
+    torch.manual_seed(0)
+    trained = build_resnet18(4, 2, weights="none")
+    with torch.no_grad():
+        trained.fc.bias.fill_(0.3)  # a weight random init would not give
+    ckpt = {"state_dict": trained.state_dict(), "epoch": 1, "meta": {"in_channels": 4, "classes": ["LGG", "HGG"]}}
+    torch.save(ckpt, tmp_path / "model.pt")
+    x = torch.randn(2, 4, 32, 32)
+    trained.eval()
+    for source in (ckpt, tmp_path / "model.pt", str(tmp_path / "model.pt")):
+        m = load_model(source)
+        assert not m.training
+        with torch.no_grad():
+            assert torch.equal(m(x), trained(x))

@@ -60,7 +60,7 @@ def test_slice_file_holds_the_selected_standardised_slices(cases, tmp_path):
     split = pd.read_csv(split_csv)
     assert counts == {s: 3 * int((split["split"] == s).sum()) for s in ("train", "val", "test")}
     with h5py.File(out, "r") as f:
-        assert f["image"].shape == (36, 4, 32, 32) and f["image"].dtype == np.float32
+        assert f["image"].shape == (3 * len(split), 4, 32, 32) and f["image"].dtype == np.float32
         cases_col = f["case"].asstr()[...]
         assert sorted(set(cases_col)) == sorted(split["id"])
         grades = dict(zip(split["id"], split["grade"]))
@@ -114,3 +114,16 @@ def test_bad_inputs_name_the_file(cases, tmp_path):
         write_slices(broken, split_csv, tmp_path / "s.h5", select="tumour", top_k=1, min_tumour_pixels=1, size=32)
     assert e.value.path == str(tmp_path / "broken.h5")
     assert not (tmp_path / "s.h5").exists(), "nothing half-written"
+
+
+def test_stacks_are_read_and_checked_by_the_one_stack_reader(cases, tmp_path):
+    stacks, split_csv = cases
+    first = next(iter(stacks))
+    bad = tmp_path / "no_affine.h5"
+    bad.write_bytes(open(stacks[first], "rb").read())
+    with h5py.File(bad, "a") as f:
+        del f.attrs["affine"]
+    with pytest.raises(InputError, match="'affine' is missing") as e:
+        write_slices({**stacks, first: str(bad)}, split_csv, tmp_path / "s.h5", select="tumour", top_k=1,
+                     min_tumour_pixels=1, size=32)
+    assert e.value.path == str(bad)

@@ -1,42 +1,16 @@
-"""Grade end to end on fake stacked cases: slices -> ResNet18 via fit (patient-level val AUC) -> evaluation."""
+"""brats_grade_train: ResNet18 via fit on the fixture's slices, selected on patient-level val AUC (run in conftest)."""
 
-import json
+from pathlib import Path
 
 import mlflow
-import pandas as pd
+import numpy as np
 import pytest
-import torch
+import yaml
 
-from medflow import tracking
-from medflow.grade.evaluate import evaluate
-from medflow.grade.slices import write_slices
-from medflow.grade.train import class_weights, train
+from medflow.grade.train import TrainParams, class_weights
+from medflow.params import from_config
 from medflow.train import load_checkpoint
-
-PARAMS = {
-    "weights": "none", "conv1_init": "mean", "epochs": 2, "patience": 0, "monitor": "val_auc", "batch_size": 8,
-    "lr": 0.001, "weight_decay": 0.0, "class_weights": "balanced", "augment": {"hflip": True, "intensity": 0.1},
-}
-
-
-@pytest.fixture(scope="module")
-def run(cases, tmp_path_factory):
-    stacks, split_csv = cases
-    tmp = tmp_path_factory.mktemp("graderun")
-    uri = tracking.resolve_uri("", str(tmp))
-    tracking.create_store(uri)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    torch.set_num_threads(1)
-    try:
-        write_slices(stacks, split_csv, tmp / "slices.h5", select="top_k", top_k=3, min_tumour_pixels=5, size=32)
-        result = train(tmp / "slices.h5", tmp / "model.pt", tmp / "curves.png", PARAMS, aggregate_rule="mean", threads=1, seed=0, rule="test")
-        metrics = evaluate(tmp / "slices.h5", split_csv, tmp / "model.pt", metrics_path=tmp / "metrics.json", patients_path=tmp / "patients.csv",
-                           slices_out_path=tmp / "slice_predictions.csv", roc_path=tmp / "roc.png", confusion_path=tmp / "confusion.png",
-                           aggregate_rule="max", threshold=0.5, batch_size=16, threads=1, rule="test")
-    finally:
-        mp.undo()
-    return {"tmp": tmp, "uri": uri, "result": result, "metrics": metrics, "split": pd.read_csv(split_csv)}
+from tests.grade.conftest import TRAIN
 
 
 def test_training_monitors_patient_level_val_auc(run):
@@ -48,35 +22,32 @@ def test_training_monitors_patient_level_val_auc(run):
     # Ties of the coarse patient AUC go to the later epoch.
     assert ckpt["epoch"] == max(int(h["epoch"]) for h in hist if h["val_auc"] == best)
     assert ckpt["meta"]["in_channels"] == 4 and ckpt["meta"]["classes"] == ["LGG", "HGG"]
+    assert ckpt["meta"]["aggregate"] == "mean"
 
 
-def test_evaluation_is_per_patient_with_slice_auc_beside_it(run):
-    tmp, split = run["tmp"], run["split"]
-    metrics = json.loads((tmp / "metrics.json").read_text())
-    test_ids = sorted(split.loc[split["split"] == "test", "id"])
-    assert metrics["patient"]["n"] == len(test_ids) and metrics["slice"]["n"] == 3 * len(test_ids)
-    assert {"auc", "balanced_accuracy", "sensitivity", "specificity", "confusion_matrix"} <= set(metrics["patient"])
-    assert metrics["aggregate"] == "max" and metrics["positive_class"] == "HGG"
-    patients = pd.read_csv(tmp / "patients.csv")
-    assert patients["id"].tolist() == test_ids and set(patients["grade"]) == {"HGG", "LGG"}
-    slices = pd.read_csv(tmp / "slice_predictions.csv")
-    # The patient probability is the configured aggregate (max) of its slices.
-    assert patients.set_index("id")["prob_hgg"].to_dict() == pytest.approx(slices.groupby("id")["prob_hgg"].max().to_dict(), abs=1e-5)
-    assert ((patients["prob_hgg"] >= 0.5) == (patients["pred"] == "HGG")).all()
-    assert (tmp / "roc.png").stat().st_size > 1000 and (tmp / "confusion.png").exists()
-
-
-def test_evaluation_run_is_linked_to_training(run):
+def test_training_run_is_named_after_the_rule(run):
     client = mlflow.MlflowClient(run["uri"])
     exp = client.get_experiment_by_name("brats_grade")
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert runs["resnet18-test"].data.tags["training_run_id"] == runs["resnet18"].info.run_id
-    assert "val_auc" in runs["resnet18"].data.metrics
+    (train_run,) = [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "brats_grade_train"]
+    assert train_run.info.run_id == run["result"].run_id == load_checkpoint(run["tmp"] / "model.pt")["mlflow_run_id"]
+    assert "val_auc" in train_run.data.metrics
+    p = train_run.data.params
+    assert p["aggregate"] == "mean" and p["seed"] == "0" and p["augment.hflip"] == "True" and p["n_train_cases"] == "8"
+
+
+def test_params_take_the_rules_blocks_and_reject_typos():
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "config" / "config.yaml").read_text())["brats"]["grade"]
+    params = from_config(TrainParams, {"train": cfg["train"], "aggregate": cfg["aggregate"]})
+    assert params.train.augment.intensity == cfg["train"]["augment"]["intensity"]
+    assert params.aggregate == cfg["aggregate"]
+    with pytest.raises(ValueError, match="'lr_rate'"):
+        from_config(TrainParams, {"train": {**TRAIN, "lr_rate": 1.0}, "aggregate": "mean"})
+    with pytest.raises(ValueError, match="'aggregate'"):
+        from_config(TrainParams, {"train": TRAIN})
 
 
 def test_balanced_class_weights():
-    import numpy as np
-
     w = class_weights(np.array([0, 1, 1, 1]), "balanced")
     assert w.tolist() == pytest.approx([2.0, 2 / 3])
     assert class_weights(np.array([0, 1]), "none") is None
+    assert class_weights(np.array([1, 1]), "balanced") is None  # one class: no weighting rather than inf

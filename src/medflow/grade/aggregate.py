@@ -1,7 +1,7 @@
 """Patient-level grade prediction from slice probabilities.
 
 A patient has one grade, but the classifier sees slices: the per-slice P(HGG) of one patient are
-combined by a rule from config (``grade.aggregate``):
+combined by a rule from config (``brats.grade.aggregate``):
 
 - ``mean``: mean probability (every slice votes with its confidence);
 - ``median``: robust to a few outlying slices;
@@ -11,7 +11,7 @@ combined by a rule from config (``grade.aggregate``):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,8 @@ import pandas as pd
 RULES = ("mean", "median", "max", "vote")
 
 
-def aggregate(cases: Sequence[str], prob: Sequence[float], rule: str = "mean", labels: Sequence[int] | None = None) -> pd.DataFrame:
+def aggregate(cases: Sequence[str], prob: Sequence[float], rule: str = "mean",
+              labels: Sequence[int] | None = None) -> pd.DataFrame:
     """One row per case (sorted by id): ``id``, ``prob`` (aggregated P(HGG)), ``n_slices`` and, when
     slice ``labels`` are given, ``label`` (all slices of a case must carry the same label)."""
     if rule not in RULES:

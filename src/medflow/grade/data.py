@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -22,21 +23,30 @@ def read_index(path: str | os.PathLike) -> dict[str, np.ndarray]:
         }
 
 
+@dataclass(frozen=True)
+class Augment:
+    """``brats.grade.train.augment``: ``hflip`` (left-right mirror, p = 0.5) and ``intensity`` s (each
+    channel scaled by U(1 - s, 1 + s); the background stays 0)."""
+
+    hflip: bool = False
+    intensity: float = 0.0
+
+
 class GradeSlices(torch.utils.data.Dataset):
     """Slices of one split: item ``i`` is ``(image (4, S, S) float32, grade (0 LGG / 1 HGG), i)``.
 
-    ``augment`` (train only): ``hflip`` (left-right mirror, p = 0.5) and ``intensity`` (each channel
-    scaled by U(1 - s, 1 + s); the background stays 0). The HDF5 file is opened
-    lazily in each loader worker (h5py handles do not survive a fork).
+    ``augment`` (train only, see :class:`Augment`). The HDF5 file is opened lazily in each loader
+    worker (h5py handles do not survive a fork).
     """
 
-    def __init__(self, path: str | os.PathLike, split: str, augment: Mapping | None = None, index: Mapping | None = None):
+    def __init__(self, path: str | os.PathLike, split: str, augment: Augment | None = None,
+                 index: Mapping | None = None):
         self.path = str(path)
         index = index or read_index(path)
         self.rows = np.flatnonzero(index["split"] == split)
         self.cases = index["case"][self.rows]
         self.targets = index["grade"][self.rows]
-        self.augment = dict(augment or {})
+        self.augment = augment or Augment()
         self._file = None
         self._pid = None
 
@@ -51,9 +61,9 @@ class GradeSlices(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         x = torch.from_numpy(self._images()[int(self.rows[i])])
-        if self.augment.get("hflip") and torch.rand(()) < 0.5:
+        if self.augment.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
-        s = float(self.augment.get("intensity", 0.0))
+        s = float(self.augment.intensity)
         if s > 0:
             x = x * (1 + (torch.rand(x.shape[0], 1, 1) * 2 - 1) * s)
         return x, int(self.targets[i]), i

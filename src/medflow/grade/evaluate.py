@@ -1,8 +1,9 @@
 """Evaluate the grade classifier on the test cases, at patient level (the headline) and slice level.
 
-Slice P(HGG) are aggregated per patient with the configured rule; a patient is called HGG when its
-aggregated probability reaches ``threshold``. Test cases without eligible slices cannot be scored:
-they are counted in the metrics (``n_cases_without_slices``), never silently dropped.
+Slice P(HGG) (:func:`medflow.grade.predict.predict_slices`) are aggregated per patient with the configured
+rule; a patient is called HGG when its aggregated probability reaches ``threshold``. Test cases without
+eligible slices cannot be scored: they are counted in the metrics (``n_cases_without_slices``), never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -10,52 +11,98 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import h5py
+import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_confusion, plot_roc
+from medflow.evaluation.headline import auc_metric, bootstrap_metric
 from medflow.grade.aggregate import aggregate
 from medflow.grade.data import GradeSlices, read_index
-from medflow.grade.train import CLASSES, load_model, predict
+from medflow.grade.model import CLASSES, load_model
+from medflow.grade.predict import predict_slices
 from medflow.ingest.splits import read_split
-from medflow.train import load_checkpoint, loader_kwargs, select_device
+from medflow.train import Job, load_checkpoint, loader_kwargs, select_device
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT = "brats_grade"
+RULE = "brats_grade_evaluate"  # the MLflow run name when no rule is given (library callers)
 
-def evaluate(
-    slices_path: str | os.PathLike,
-    split_path: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    *,
-    metrics_path: str | os.PathLike,
-    patients_path: str | os.PathLike,
-    slices_out_path: str | os.PathLike,
-    roc_path: str | os.PathLike,
-    confusion_path: str | os.PathLike,
-    aggregate_rule: str,
-    threshold: float,
-    batch_size: int,
-    threads: int,
-    rule: str | None = "grade_evaluate",
-    track: bool = True,
-) -> dict:
-    """Write metrics JSON (``patient`` and ``slice`` sections), per-patient and per-slice prediction
-    CSVs, the ROC PNG (patient and slice curves) and the patient confusion matrix PNG."""
-    device = select_device(threads)
-    ckpt = load_checkpoint(checkpoint_path)
+
+@dataclass(frozen=True)
+class EvaluateBlock:
+    """``brats.grade.evaluate``: patient called HGG at aggregated P(HGG) >= ``threshold``; slices per batch."""
+
+    threshold: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Top-level ``evaluation`` in config: resamples and coverage of the headline intervals."""
+
+    bootstrap_samples: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """What ``brats_grade_evaluate`` passes: ``aggregate`` (brats.grade.aggregate), ``evaluate``, ``bootstrap``."""
+
+    aggregate: str
+    evaluate: EvaluateBlock
+    bootstrap: Bootstrap
+
+
+def headline(y: np.ndarray, prob: np.ndarray, threshold: float, bootstrap: Bootstrap, seed: int) -> dict:
+    """``auc`` and ``balanced_accuracy`` of the test patients (one row each: grade (P,) 1 = HGG, aggregated
+    P(HGG) (P,)), each ``{value, ci_low, ci_high, n}`` with a seeded percentile bootstrap over patients.
+
+    ``value`` is ``binary_report``'s figure. A resample holding one grade has no balanced accuracy (one of
+    its two rates is undefined) and is skipped, as it is for the AUC.
+    """
+    kw = {"n_boot": int(bootstrap.bootstrap_samples), "seed": int(seed), "level": float(bootstrap.confidence)}
+
+    def balanced_accuracy(y_, p_):
+        if len(np.unique(y_)) < 2:
+            return float("nan")
+        return binary_report(y_, p_, threshold)["balanced_accuracy"]
+
+    bacc = bootstrap_metric(balanced_accuracy, y, prob, **kw)
+    # With a one-grade test set the value stays binary_report's (the one defined rate), as in the patient block.
+    bacc["value"] = binary_report(y, prob, threshold)["balanced_accuracy"]
+    return {"auc": auc_metric(y, prob, **kw), "balanced_accuracy": bacc}
+
+
+def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: EvaluateParams,
+             job: Job) -> dict:
+    """Score the test slices and patients; returns the metrics written.
+
+    ``inputs``: ``slices`` (slice HDF5), ``split`` (split CSV), ``checkpoint``. ``outputs``: ``metrics``
+    (JSON: ``headline``, ``patient`` and ``slice`` sections), ``patients`` and ``slices`` (per-patient and
+    per-slice prediction CSVs), ``roc`` (PNG, patient and slice curves), ``confusion`` (PNG, patients).
+    Predictions run with ``job.bf16``; the headline bootstrap is seeded with ``job.seed``. MLflow run
+    ``job.rule`` in experiment ``brats_grade``, tagged with the checkpoint's training run.
+    """
+    slices_path, split_path = inputs["slices"], inputs["split"]
+    aggregate_rule, threshold = params.aggregate, float(params.evaluate.threshold)
+    device = select_device(job.threads)
+    ckpt = load_checkpoint(inputs["checkpoint"])
     model = load_model(ckpt).to(device)
     index = read_index(slices_path)
     ds = GradeSlices(slices_path, "test", None, index=index)
     if len(ds) == 0:
         raise InputError(slices_path, "no test slices")
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **loader_kwargs(device, threads))
-    prob, y, idx = predict(model, loader, device)
+    loader = DataLoader(ds, batch_size=int(params.evaluate.batch_size), shuffle=False,
+                        **loader_kwargs(device, job.threads))
+    prob, y, idx = predict_slices(model, loader, device, bf16=job.bf16)
     cases = ds.cases[idx]
 
     patients = aggregate(cases, prob, aggregate_rule, labels=y)
@@ -68,45 +115,49 @@ def evaluate(
         without = sorted(set(json.loads(f.attrs["cases_without_slices"])) & test_cases)
     if without:
         log.warning("%d test cases had no eligible slices and are not scored", len(without))
-    cm = plot_confusion(patients["label"], patients["pred"], CLASSES, confusion_path, title=f"Grade, patients (n={len(patients)})")
+    cm = plot_confusion(patients["label"], patients["pred"], CLASSES, outputs["confusion"],
+                        title=f"Grade, patients (n={len(patients)})")
     plot_roc(
         {f"patients ({aggregate_rule})": (patients["label"], patients["prob"]), "slices": (y, prob)},
-        roc_path,
+        outputs["roc"],
         title="LGG vs HGG (test)",
     )
     metrics = {
+        "headline": headline(patients["label"].to_numpy(), patients["prob"].to_numpy(), threshold, params.bootstrap,
+                             job.seed),
         "patient": {**patient, "confusion_matrix": cm.tolist()},
-        "slice": {"auc": slice_["auc"], "accuracy": slice_["accuracy"], "balanced_accuracy": slice_["balanced_accuracy"], "n": slice_["n"]},
+        "slice": {k: slice_[k] for k in ("auc", "accuracy", "balanced_accuracy", "n")},
         "aggregate": aggregate_rule,
-        "threshold": float(threshold),
+        "threshold": threshold,
         "positive_class": "HGG",
         "classes": CLASSES,
         "n_cases_without_slices": len(without),
         "checkpoint_epoch": int(ckpt["epoch"]),
     }
-    io.write_json(metrics_path, metrics)
+    io.write_json(outputs["metrics"], metrics)
     out = patients.rename(columns={"prob": "prob_hgg"})
     out.insert(1, "grade", [CLASSES[v] for v in out.pop("label")])
     out["pred"] = [CLASSES[v] for v in out["pred"]]
-    with io.atomic_path(patients_path) as tmp:
+    with io.atomic_path(outputs["patients"]) as tmp:
         out.to_csv(tmp, index=False, float_format="%.6f")
-    slices = pd.DataFrame({"id": cases, "z": index["z"][ds.rows[idx]], "tumour_pixels": index["tumour_pixels"][ds.rows[idx]],
+    rows = ds.rows[idx]
+    slices = pd.DataFrame({"id": cases, "z": index["z"][rows], "tumour_pixels": index["tumour_pixels"][rows],
                            "grade": [CLASSES[v] for v in y], "prob_hgg": prob})
-    with io.atomic_path(slices_out_path) as tmp:
+    with io.atomic_path(outputs["slices"]) as tmp:
         slices.to_csv(tmp, index=False, float_format="%.6f")
-    log.info("patients: AUC %.3f balanced accuracy %.3f (n=%d, %s rule); slices: AUC %.3f (n=%d)",
-             patient["auc"], patient["balanced_accuracy"], patient["n"], aggregate_rule, slice_["auc"], slice_["n"])
+    hl = metrics["headline"]
+    log.info("patients: AUC %.3f [%.3f, %.3f] balanced accuracy %.3f [%.3f, %.3f] (n=%d, %s rule); "
+             "slices: AUC %.3f (n=%d)",
+             *(hl[k][v] for k in ("auc", "balanced_accuracy") for v in ("value", "ci_low", "ci_high")),
+             patient["n"], aggregate_rule, slice_["auc"], slice_["n"])
 
-    if track:
-        import mlflow
-
+    if job.track:
         from medflow import tracking
 
-        flat = {f"test_patient_{k}": v for k, v in patient.items()}
-        flat.update({"test_slice_auc": slice_["auc"], "test_slice_n": slice_["n"]})
-        with tracking.run("brats_grade", "resnet18-test", params={"aggregate": aggregate_rule, "threshold": threshold},
-                          tags={"training_run_id": ckpt["mlflow_run_id"]}, rule=rule):
-            mlflow.log_metrics({k: float(v) for k, v in flat.items() if v == v})
-            for p in (metrics_path, roc_path, confusion_path, patients_path):
-                mlflow.log_artifact(str(Path(p)), artifact_path="evaluation")
+        extra = {f"patient_{k}": v for k, v in patient.items()}
+        extra.update({"slice_auc": slice_["auc"], "slice_n": slice_["n"]})
+        tracking.log_evaluation(
+            EXPERIMENT, job.rule or RULE, headline=hl, training_run_id=ckpt["mlflow_run_id"],
+            artifacts=[outputs[k] for k in ("metrics", "roc", "confusion", "patients")],
+            params={"aggregate": aggregate_rule, "threshold": threshold}, rule=job.rule, extra_metrics=extra)
     return metrics

@@ -2,10 +2,13 @@
 
 torchvision's ResNet18 with ``conv1`` replaced by a 4-input-channel convolution. With ImageNet
 weights the new ``conv1`` is initialised from the RGB filters (:func:`adapt_conv1`), the rest of
-the network keeps them; ``fc`` is always new.
+the network keeps them; ``fc`` is always new. :func:`load_model` rebuilds a trained one from its checkpoint.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -14,6 +17,7 @@ from torchvision import models
 from medflow.train.pretrained import imagenet_state_dict
 
 CONV1_INIT = ("mean", "repeat")
+CLASSES = ["LGG", "HGG"]  # output index = grade code of medflow.grade.slices.GRADES (1 = HGG, the positive class)
 
 
 @torch.no_grad()
@@ -33,14 +37,16 @@ def adapt_conv1(conv: nn.Conv2d, in_channels: int, init: str = "mean") -> nn.Con
     else:
         reps = -(-in_channels // w.shape[1])
         new_w = w.repeat(1, reps, 1, 1)[:, :in_channels]
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, bias=conv.bias is not None)
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=conv.bias is not None)
     new.weight.copy_(new_w * (w.shape[1] / in_channels))
     if conv.bias is not None:
         new.bias.copy_(conv.bias)
     return new
 
 
-def build_resnet18(in_channels: int = 4, n_classes: int = 2, *, weights: str = "none", conv1_init: str = "mean") -> nn.Module:
+def build_resnet18(in_channels: int = 4, n_classes: int = 2, *, weights: str = "none",
+                   conv1_init: str = "mean") -> nn.Module:
     """ResNet18: (N, in_channels, H, W) standardised slices -> logits (N, n_classes).
 
     ``weights``: ``imagenet`` (torchvision IMAGENET1K_V1 from torch's cache, else an InputError
@@ -57,3 +63,16 @@ def build_resnet18(in_channels: int = 4, n_classes: int = 2, *, weights: str = "
         raise ValueError(f"weights must be 'imagenet' or 'none', not {weights!r}")
     model.fc = nn.Linear(model.fc.in_features, n_classes)
     return model
+
+
+def load_model(checkpoint: Mapping | str | os.PathLike) -> nn.Module:
+    """The trained ResNet18 of a checkpoint (a ``medflow.train.load_checkpoint`` dict or its path), in
+    eval mode on the CPU: built with random init from the checkpoint's ``meta``, then the saved weights."""
+    if not isinstance(checkpoint, Mapping):
+        from medflow.train import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint)
+    meta = checkpoint["meta"]
+    model = build_resnet18(int(meta["in_channels"]), len(meta["classes"]), weights="none")
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

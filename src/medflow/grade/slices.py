@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,11 +33,12 @@ import torch.nn.functional as F
 
 from medflow import io
 from medflow.errors import InputError
+from medflow.ingest.brats import MODALITIES
 from medflow.ingest.splits import read_split
+from medflow.preprocess.stack import read_stack
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 GRADES = {"LGG": 0, "HGG": 1}
 SELECT = ("tumour", "top_k")
 
@@ -80,21 +81,6 @@ def resize_slices(x: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
-def read_stack(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``image`` (4, Z, Y, X) float32 and ``label`` (Z, Y, X) uint8 of a stacked case."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            image = f["image"][...].astype(np.float32, copy=False)
-            label = f["label"][...]
-    except (OSError, KeyError) as exc:
-        raise InputError(path, f"not a stacked BraTS case ({exc})") from None
-    if image.ndim != 4 or image.shape[0] != len(MODALITIES) or label.shape != image.shape[1:]:
-        raise InputError(path, f"image {image.shape} and label {label.shape} do not match (4, Z, Y, X) / (Z, Y, X)")
-    return image, label
-
-
 def write_slices(
     stacks: Mapping[str, str | os.PathLike],
     split_path: str | os.PathLike,
@@ -121,7 +107,9 @@ def write_slices(
     empty: list[str] = []
     str_dt = h5py.string_dtype()
     with io.atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-        img = f.create_dataset("image", shape=(0, len(MODALITIES), size, size), maxshape=(None, len(MODALITIES), size, size), dtype=np.float32, chunks=(1, len(MODALITIES), size, size))
+        c = len(MODALITIES)
+        img = f.create_dataset("image", shape=(0, c, size, size), maxshape=(None, c, size, size), dtype=np.float32,
+                               chunks=(1, c, size, size))
         cols = {
             "case": f.create_dataset("case", shape=(0,), maxshape=(None,), dtype=str_dt),
             "split": f.create_dataset("split", shape=(0,), maxshape=(None,), dtype=str_dt),
@@ -133,7 +121,8 @@ def write_slices(
             grade = str(rows.at[case, "grade"])
             if grade not in GRADES:
                 raise InputError(split_path, f"case {case} has grade {grade!r}, not HGG or LGG")
-            image, label = read_stack(stacks[case])
+            stack = read_stack(stacks[case])
+            image, label = stack.image, stack.label
             zs = select_slices(label, select, top_k, min_tumour_pixels)
             if zs.size == 0:
                 log.warning("%s: no slice with >= %d tumour pixels; case left out", case, min_tumour_pixels)
