@@ -36,7 +36,8 @@ print([int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmH
 
 
 def peak_mb(job: str, work: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", CHILD, job, str(work)], capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(out.stderr)

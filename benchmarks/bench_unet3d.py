@@ -18,11 +18,8 @@ Run by hand, never in CI:
 # ruff: noqa: E402
 from __future__ import annotations
 
-import os
-
-import medflow  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads, as in the workflow's jobs)
-
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+import medflow  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads, as in the workflow's jobs)
 from medflow.segmentation.data import PatchDataset
 from medflow.segmentation.loss import soft_dice_loss
 from medflow.segmentation.model import make_model
@@ -50,8 +48,9 @@ PRESETS = {
 def write_patches(path: Path, n: int, patch, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
-        img = f.create_dataset("image", (n, 4, *patch), np.float32, chunks=(1, 4, *patch), compression="lzf", shuffle=True)
-        lab = f.create_dataset("label", (n, 3, *patch), np.uint8, chunks=(1, 3, *patch), compression="lzf", shuffle=True)
+        kw = {"compression": "lzf", "shuffle": True}
+        img = f.create_dataset("image", (n, 4, *patch), np.float32, chunks=(1, 4, *patch), **kw)
+        lab = f.create_dataset("label", (n, 3, *patch), np.uint8, chunks=(1, 3, *patch), **kw)
         for i in range(n):
             img[i] = rng.standard_normal((4, *patch), dtype=np.float32)
             z = rng.integers(0, 4, size=patch)
@@ -86,7 +85,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU; loader workers = threads - 1")
     ap.add_argument("--device", choices=["auto", "cpu"], default="auto")
-    ap.add_argument("--inference", action="store_true", help="also time sliding-window inference over a real-size volume")
+    ap.add_argument("--inference", action="store_true",
+                    help="also time sliding-window inference over a real-size volume")
     ap.add_argument("--overlap", type=float, default=0.5, help="window overlap of the inference timing")
     args = ap.parse_args()
     p = PRESETS[args.preset]
@@ -125,7 +125,8 @@ def main() -> None:
         sliding_window(m, volume, patch, overlap=args.overlap, batch_size=bs, device=device, bf16=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        print(f"sliding-window inference, one 4x155x240x240 volume, overlap {args.overlap}: {time.perf_counter() - start:.1f} s")
+        print(f"sliding-window inference, one 4x155x240x240 volume, overlap {args.overlap}: "
+              f"{time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, PATCH, make_case, write_stack
 from medflow.errors import InputError
-from medflow.segmentation.data import PatchDataset, read_stack
+from medflow.preprocess.stack import read_stack
+from medflow.segmentation.data import PatchDataset, by_case
+from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, PATCH, make_case, write_stack
 
 
 def test_patch_dataset_streams_every_patch(dataset):
@@ -55,3 +56,9 @@ def test_stack_with_a_raw_label_4_is_refused(tmp_path):
     write_stack(path, "BraTS20_Training_001", image, label)
     with pytest.raises(InputError, match="case.h5: 'label' holds values \\[4\\]"):
         read_stack(path)
+
+
+def test_by_case_keys_per_case_files_by_their_stem():
+    """The rules pass every case's file as a list; the library picks cases by split through these keys."""
+    files = ["results/brats/patches/BraTS20_Training_002.h5", "/abs/BraTS20_Training_010.h5"]
+    assert by_case(files) == {"BraTS20_Training_002": files[0], "BraTS20_Training_010": files[1]}

@@ -168,7 +168,8 @@ def test_hd95_and_dice_of_solid_objects_equal_monai():
 
     for name, (a, b) in SOLID_PAIRS.items():
         ta, tb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
-        ref = monai_metrics.compute_hausdorff_distance(ta, tb, include_background=True, percentile=95, spacing=list(SPACING))
+        ref = monai_metrics.compute_hausdorff_distance(ta, tb, include_background=True, percentile=95,
+                                                       spacing=list(SPACING))
         assert metrics.hd95(a, b, SPACING) == pytest.approx(float(ref), rel=1e-5), name
         ref_dice = monai_metrics.DiceMetric(include_background=True, reduction="none")(ta.float(), tb.float())
         assert metrics.dice(a, b) == pytest.approx(float(ref_dice), rel=1e-6), name
@@ -195,7 +196,8 @@ def test_integer_masks_count_as_boolean():
     for dtype, value in [(np.uint8, 1), (np.uint8, 255), (np.int64, 2)]:
         ia, ib = a.astype(dtype) * value, b.astype(dtype) * value
         assert metrics.dice(ia, b) == metrics.dice(a, ib) == pytest.approx(metrics.dice(a, b)), (dtype, value)
-        assert metrics.hd95(ia, b, SPACING) == metrics.hd95(a, ib, SPACING) == pytest.approx(metrics.hd95(a, b, SPACING))
+        expected = pytest.approx(metrics.hd95(a, b, SPACING))
+        assert metrics.hd95(ia, b, SPACING) == metrics.hd95(a, ib, SPACING) == expected
 
 
 def test_mismatched_shapes_are_rejected():
@@ -217,7 +219,8 @@ def test_case_metrics_of_nested_solid_regions():
     pred[sphere((6, 12, 14), 2)] = 1
     res = metrics.case_metrics(pred, truth, SPACING)
     brats_t, brats_p = regions.to_brats(truth), regions.to_brats(pred)
-    for name, labels in {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,), "label_1": (1,), "label_2": (2,), "label_4": (4,)}.items():
+    brats = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,), "label_1": (1,), "label_2": (2,), "label_4": (4,)}
+    for name, labels in brats.items():
         p, t = np.isin(brats_p, labels), np.isin(brats_t, labels)
         assert res[name]["dice"] == pytest.approx(2 * (p & t).sum() / (p.sum() + t.sum())), name
         assert res[name]["hd95"] == pytest.approx(brute_hd95(p, t, SPACING)), name
@@ -237,7 +240,8 @@ def test_summarise_std_and_median_over_cases_and_flat_row():
     assert set(s["ET"]) == {"dice", "dice_std", "dice_median", "hd95", "hd95_std", "hd95_median"}
     assert metrics.summarise({}) == {}
     one = metrics.summarise({"a": per_case["a"]})  # a single case: its values, spread 0
-    assert one["WT"] == {"dice": 0.9, "dice_std": 0.0, "dice_median": 0.9, "hd95": 1.0, "hd95_std": 0.0, "hd95_median": 1.0}
+    assert one["WT"] == {"dice": 0.9, "dice_std": 0.0, "dice_median": 0.9,
+                         "hd95": 1.0, "hd95_std": 0.0, "hd95_median": 1.0}
     flat = metrics.flat_row(s, structures=("WT", "ET"))
     assert flat["WT_dice"] == pytest.approx(0.6) and flat["ET_hd95_median"] == pytest.approx(8.0)
     assert len(flat) == 12 and all(type(v) is float for v in flat.values())

@@ -1,9 +1,12 @@
-"""The 3D U-Net: shapes, sigmoid output, both up-sampling modes, rebuilding from a checkpoint's config."""
+"""The 3D U-Net: shapes, sigmoid output, both up-sampling modes, rebuilding from a checkpoint's config,
+building from hyperparameters and loading a trained one."""
 
 import pytest
 import torch
 
-from medflow.segmentation.model import UNet3D, build
+from medflow.errors import InputError
+from medflow.segmentation.model import UNet3D, build, load_model, make_model
+from medflow.segmentation.train import UNetParams
 
 
 @pytest.mark.parametrize("upsampling", ["transpose", "upsample"])
@@ -40,3 +43,44 @@ def test_build_from_config_restores_the_model():
     x = torch.randn(1, 4, 4, 4, 4)
     with torch.no_grad():
         assert torch.equal(model(x), clone(x))
+
+
+def test_make_model_takes_the_modalities_and_labels_and_keeps_values_channels_last():
+    params = UNetParams(depth=2, base_filters=3, batch_norm=False, upsampling="upsample")
+    torch.manual_seed(0)
+    model = make_model(params)
+    torch.manual_seed(0)
+    plain = make_model(params, channels_last=False)
+    assert model.config == {"in_channels": 4, "n_labels": 3, "depth": 2, "base_filters": 3, "batch_norm": False,
+                            "upsampling": "upsample"}
+    assert model.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not plain.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 4, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_load_model_from_a_checkpoint_path_or_dict(tmp_path):
+    torch.manual_seed(0)
+    model = make_model(UNetParams(depth=2, base_filters=3)).eval()
+    ckpt = {"state_dict": model.state_dict(), "epoch": 1, "meta": {"model": model.config}}
+    torch.save(ckpt, tmp_path / "m.pt")
+    x = torch.randn(2, 4, 4, 4, 4)
+    with torch.no_grad():
+        expected = model(x)
+        for source in (tmp_path / "m.pt", ckpt):
+            loaded = load_model(source)
+            assert not loaded.training
+            assert loaded.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+            assert torch.equal(loaded(x), expected)
+
+
+def test_load_model_refuses_a_checkpoint_that_is_not_a_unet(tmp_path):
+    torch.save({"state_dict": {}, "meta": {}}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="other.pt: not a U-Net checkpoint"):
+        load_model(tmp_path / "other.pt")
+    model = UNet3D(depth=2, base_filters=3)
+    wrong = {"state_dict": model.state_dict(), "meta": {"model": {**model.config, "base_filters": 4}}}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(InputError, match="wrong.pt: weights do not fit meta.model"):
+        load_model(tmp_path / "wrong.pt")

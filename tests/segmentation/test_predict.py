@@ -1,5 +1,7 @@
-"""Sliding-window inference over whole volumes, and predictions written back in the raw geometry."""
+"""Sliding-window inference over whole volumes through medflow.train.predict, the whole-case
+prediction evaluation uses, and predictions written back in the raw geometry."""
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
@@ -7,8 +9,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for
+from medflow.preprocess.patches import PatchParams, sample_case, standardize
 from medflow.segmentation import predict, regions
+from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for, make_case, write_stack
+
+CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("size,window,overlap", [(20, 8, 0.5), (16, 8, 0.0), (17, 8, 0.25), (5, 8, 0.5), (8, 8, 0.5)])
@@ -63,7 +68,7 @@ class Pointwise(torch.nn.Module):
 def test_sliding_window_equals_whole_volume_prediction(blend, shape):
     model = Pointwise().eval()
     image = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
-    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, blend=blend, device=torch.device("cpu"))
+    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, blend=blend, device=CPU)
     with torch.no_grad():
         direct = model(torch.from_numpy(image)[None])[0].numpy()
     assert probs.shape == (3, *shape)
@@ -114,3 +119,69 @@ def test_transform_is_applied_to_every_window():
     with torch.no_grad():
         direct = model(torch.from_numpy(2 * image + 1)[None])[0].numpy()
     np.testing.assert_allclose(probs, direct, atol=1e-5)
+
+
+def test_every_batch_of_windows_goes_through_the_shared_predict(monkeypatch):
+    """One medflow.train.predict call per batch of windows, the model in eval and inference mode; the
+    result is unchanged by the spy."""
+    model = Pointwise().train()
+    image = np.random.default_rng(2).standard_normal((4, 10, 20, 20)).astype(np.float32)
+    expected = predict.sliding_window(Pointwise().eval(), image, (8, 16, 16), overlap=0.5, batch_size=3, device=CPU)
+    calls, modes = [], []
+    real = predict.predict_batches
+    monkeypatch.setattr(predict, "predict_batches", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
+    forward = model.forward
+    model.forward = lambda x: modes.append((torch.is_inference_mode_enabled(), model.training)) or forward(x)
+    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, device=CPU)
+    n_windows = len(predict.window_starts(10, 8, 0.5)) * len(predict.window_starts(20, 16, 0.5)) ** 2  # 3 * 2 * 2
+    assert calls == [CPU] * -(-n_windows // 3) and modes == [(True, False)] * len(calls)
+    assert np.array_equal(probs, expected)
+
+
+class Recorder(torch.nn.Module):
+    """Records what the network is fed; outputs a constant probability ``p`` for stored label 2."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.p = p
+        self.inputs = []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        out = torch.zeros(len(x), 3, *x.shape[2:]) + self.w
+        out[:, 1] += self.p
+        return out
+
+
+def test_windows_get_the_standardisation_the_training_patches_got(tmp_path):
+    """A window at a patch's place is fed to the network exactly as the patch sampler wrote the patch."""
+    image, label = make_case(0)
+    write_stack(tmp_path / "stack.h5", "BraTS20_Training_001", image, label)
+    stacked = image[:, KEPT[0] : KEPT[1]]
+    size = list(stacked.shape[1:])  # one patch = the whole stacked volume = one window
+    params = PatchParams(patch_size=size, n_patches=1)
+    assert sample_case(tmp_path / "stack.h5", tmp_path / "patches.h5", params, seed=0) == 1
+    with h5py.File(tmp_path / "patches.h5") as f:
+        patch = f["image"][0]
+    model = Recorder()
+    predict.predict_case(model, stacked, size, predict.PredictParams(standardise="window"), threshold=0.5, device=CPU,
+                         bf16=False)  # the default standardize is the patch sampler's
+    assert len(model.inputs) == 1
+    np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
+    # 'volume' standardises the whole volume's slices once, then cuts windows: here the same window.
+    model.inputs.clear()
+    predict.predict_case(model, stacked, size, predict.PredictParams(standardise="volume"), threshold=0.5, device=CPU,
+                         bf16=False, standardize=standardize)
+    np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
+    with pytest.raises(ValueError, match="standardise must be one of"):
+        predict.predict_case(model, stacked, size, predict.PredictParams(standardise="slice"), threshold=0.5)
+
+
+@pytest.mark.parametrize("threshold,label", [(0.5, 2), (0.59, 2), (0.61, 0)])
+def test_predict_case_labels_at_the_given_threshold(threshold, label):
+    image = np.random.default_rng(3).standard_normal((4, 8, 16, 16)).astype(np.float32)
+    pred = predict.predict_case(Recorder(p=0.6), image, (8, 16, 16), predict.PredictParams(), threshold=threshold,
+                                device=CPU)
+    assert pred.dtype == np.uint8 and pred.shape == (8, 16, 16)
+    assert (pred == label).all()

@@ -1,11 +1,12 @@
 """Full-volume evaluation of a trained U-Net on the held-out (``test``) cases.
 
-For each test case: predict with sliding windows over the whole stacked volume, each window
-standardised per channel and per axial slice exactly as the training patches were (``standardise:
-window``; or the whole volume's slices at once, ``standardise: volume``), turn probabilities into a
-stored label map, score Dice/HD95 of the BraTS regions
-and labels against the stacked label, and write the prediction (BraTS labels 0, 1, 2, 4) as NIfTI
-in the raw images' geometry. Two trivial predictors are scored on the same cases for reference:
+For each test case: predict the whole stacked volume (``predict.predict_case``: sliding windows, each
+standardised per channel and per axial slice exactly as the training patches were, labels at the
+checkpoint's threshold), score Dice/HD95 of the BraTS regions and labels against the stacked label,
+and write the prediction (BraTS labels 0, 1, 2, 4) as NIfTI in the raw images' geometry. The
+``headline`` block of metrics.json holds the mean Dice of WT, TC, ET and the mean WT HD95 (mm) over the
+test cases, with seeded percentile bootstrap intervals over cases. Two trivial predictors are scored on
+the same cases for reference:
 ``all_background`` (nothing predicted) and ``all_foreground_in_brain`` (every brain voxel, i.e. every
 voxel with signal in any modality, labelled 4, so WT = TC = ET = the brain).
 """
@@ -19,93 +20,80 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from medflow import io
 from medflow.errors import InputError
+from medflow.evaluation.headline import mean_metric
 from medflow.ingest.splits import ids_in, read_split
+from medflow.preprocess.stack import read_stack
 from medflow.segmentation import predict, regions
-from medflow.segmentation.data import read_stack
+from medflow.segmentation.data import by_case
 from medflow.segmentation.metrics import HD95_EMPTY, case_metrics, flat_row, summarise
-from medflow.segmentation.model import build
-from medflow.train import load_checkpoint
+from medflow.segmentation.model import load_model
+from medflow.train import Job, load_checkpoint, select_device
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT = "brats_segmentation"
+RULE = "brats_segmentation_evaluate"  # the MLflow run name when no rule runs the job (library calls, tests)
 BASELINES = ("all_background", "all_foreground_in_brain")
+# Headline name -> (structure, metric) of the per-case results; the value is the mean over test cases.
+HEADLINE = {"dice_wt": ("WT", "dice"), "dice_tc": ("TC", "dice"), "dice_et": ("ET", "dice"), "hd95_wt": ("WT", "hd95")}
 
 
 @dataclass
-class EvalParams:
-    """``brats.segmentation.evaluate_unet3d`` in config (the threshold comes from training's config)."""
+class EvalParams(predict.PredictParams):
+    """``brats.segmentation.evaluate`` in config (the window fields of ``PredictParams``, ``n_overlays``)
+    plus the rule's ``bootstrap`` block (config ``evaluation``). The threshold is training's, read from
+    the checkpoint."""
 
-    overlap: float = 0.5
-    standardise: str = "window"
-    batch_size: int = 2
-    blend: str = "gaussian"
-    threshold: float = 0.5
     n_overlays: int = 3
+    bootstrap: dict[str, float] = field(default_factory=lambda: {"bootstrap_samples": 1000, "confidence": 0.95})
 
 
 def baseline_predictions(image: np.ndarray) -> dict[str, np.ndarray]:
     """Trivial stored label maps for a (4, Z, Y, X) stacked image (before standardisation)."""
     brain = np.any(image != 0, axis=0)
-    return {"all_background": np.zeros(brain.shape, np.uint8), "all_foreground_in_brain": np.where(brain, 3, 0).astype(np.uint8)}
+    return {"all_background": np.zeros(brain.shape, np.uint8),
+            "all_foreground_in_brain": np.where(brain, 3, 0).astype(np.uint8)}
 
 
-STANDARDISE = ("window", "volume")
+def headline(per_case: Mapping[str, Mapping[str, Mapping[str, float]]], bootstrap: Mapping[str, float],
+             seed: int) -> dict[str, dict[str, Any]]:
+    """The metrics.json headline block: ``HEADLINE``'s means over the test cases (``per_case`` in case
+    order, as ``summarise``'s ``mean``; NaN skipped) with percentile bootstrap intervals over cases."""
+    rows = list(per_case.values())
+    return {name: mean_metric([r[structure][metric] for r in rows], n_boot=int(bootstrap["bootstrap_samples"]),
+                              seed=seed, level=float(bootstrap["confidence"]))
+            for name, (structure, metric) in HEADLINE.items()}
 
 
-def predict_case(model, image: np.ndarray, window: Sequence[int], params: EvalParams, device, bf16: bool,
-                 standardize: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Stored label map (Z, Y, X) uint8 of one stacked (4, Z, Y, X) image (as stored, not normalised).
-
-    ``standardize`` is the patches' per-channel, per-slice standardisation, applied to every window
-    (``params.standardise == "window"``: what each training patch got) or once to the whole volume.
-    """
-    if params.standardise not in STANDARDISE:
-        raise ValueError(f"standardise must be one of {STANDARDISE}, got {params.standardise!r}")
-    per_window = params.standardise == "window"
-    x = image if per_window else standardize(image)
-    probs = predict.sliding_window(model, x, window, overlap=params.overlap, batch_size=params.batch_size,
-                                     blend=params.blend, device=device, bf16=bf16,
-                                     transform=standardize if per_window else None)
-    return regions.probabilities_to_labels(probs, params.threshold)
-
-
-def _patch_standardize():
-    # The exact per-channel, per-slice standardisation the patch sampler applied to training patches.
-    from medflow.preprocess.patches import standardize
-
-    return standardize
-
-
-def evaluate_unet3d(
-    checkpoint: str | os.PathLike,
-    stack_files: Mapping[str, str],
-    split_csv: str | os.PathLike,
-    *,
-    metrics_json: str | os.PathLike,
-    per_case_csv: str | os.PathLike,
-    predictions_dir: str | os.PathLike,
-    overlays_dir: str | os.PathLike,
+def evaluate(
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
     params: EvalParams,
-    device: torch.device,
-    bf16: bool = True,
+    job: Job,
+    *,
+    device: torch.device | None = None,
     standardize: Callable[[np.ndarray], np.ndarray] | None = None,
-    track: bool = True,
-    rule: str | None = "evaluate_unet3d",
 ) -> dict:
-    """Evaluate ``checkpoint`` on the split's ``test`` cases; write every output; return the metrics dict.
+    """Evaluate the checkpoint on the split's ``test`` cases; write every output; return the metrics dict.
 
-    ``standardize`` defaults to ``medflow.preprocess.patches.standardize`` (tests pass their own).
+    ``inputs``: ``checkpoint``, ``stacks`` (every case's stacked HDF5 ``<case>.h5``, a list, or a
+    {case: path} mapping) and ``split``; ``outputs``: ``metrics`` (JSON), ``per_case`` (CSV),
+    ``predictions`` and ``overlays`` (folders). ``device`` defaults to ``select_device(job.threads)``,
+    ``standardize`` to the patch sampler's (``predict.predict_case``).
     """
-    standardize = standardize or _patch_standardize()
+    checkpoint, split_csv = inputs["checkpoint"], inputs["split"]
+    stacks = inputs["stacks"]
+    stack_files = dict(stacks) if isinstance(stacks, Mapping) else by_case(stacks)
     split = read_split(split_csv)
     cases = sorted(ids_in(split, "test"))
     if not cases:
@@ -115,53 +103,55 @@ def evaluate_unet3d(
         raise InputError(split_csv, f"{len(missing)} test case(s) have no stacked file, e.g. {missing[0]}")
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt.get("meta", {})
-    if "model" not in meta or "patch_size" not in meta:
-        raise InputError(checkpoint, "not a U-Net checkpoint from train_unet3d (meta lacks model/patch_size)")
-    model = build(meta["model"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device, memory_format=torch.channels_last_3d).eval()  # faster kernels, as in training
-    window = meta["patch_size"]
+    lacking = [k for k in ("model", "patch_size", "threshold") if k not in meta]
+    if lacking:
+        raise InputError(checkpoint, "not a U-Net checkpoint of brats_segmentation_train "
+                                     f"(meta lacks {', '.join(lacking)})")
+    device = device or select_device(job.threads)
+    model = load_model(ckpt, device)  # channels-last: the faster kernels, as in training
+    window, threshold = meta["patch_size"], float(meta["threshold"])
 
     per_case: dict[str, dict] = {}
     per_baseline: dict[str, dict] = {b: {} for b in BASELINES}
-    pred_dir, ov_dir = Path(predictions_dir), Path(overlays_dir)
-    overlay_paths = []
+    pred_dir, ov_dir = Path(outputs["predictions"]), Path(outputs["overlays"])
     with _atomic_dir(pred_dir) as tmp_pred, _atomic_dir(ov_dir) as tmp_ov:
         for case in cases:  # one case in memory at a time
             start = time.perf_counter()
             stack = read_stack(stack_files[case])
-            pred = predict_case(model, stack.image, window, params, device, bf16, standardize)
+            pred = predict.predict_case(model, stack.image, window, params, threshold=threshold, device=device,
+                                        bf16=job.bf16, standardize=standardize)
             per_case[case] = case_metrics(pred, stack.label, stack.spacing_zyx)
             for name, base in baseline_predictions(stack.image).items():
                 per_baseline[name][case] = case_metrics(base, stack.label, stack.spacing_zyx, with_hd95=False)
             full = predict.uncrop(regions.to_brats(pred), stack.kept_z_range, stack.original_shape_zyx)
             predict.write_nifti(full, stack.affine, tmp_pred / f"{case}.nii.gz")
-            if len(overlay_paths) < params.n_overlays:
-                plot_overlay(stack.image[0], stack.label, pred, tmp_ov / f"{case}.png", title=case, z_offset=stack.kept_z_range[0])
-                overlay_paths.append(ov_dir / f"{case}.png")
+            if len(per_case) <= params.n_overlays:
+                plot_overlay(stack.image[0], stack.label, pred, tmp_ov / f"{case}.png", title=case,
+                             z_offset=stack.kept_z_range[0])
             log.info("%s: WT %.3f TC %.3f ET %.3f (Dice) | %.1f s", case, per_case[case]["WT"]["dice"],
                      per_case[case]["TC"]["dice"], per_case[case]["ET"]["dice"], time.perf_counter() - start)
 
     result = {
+        "headline": headline(per_case, params.bootstrap, job.seed),
         "n_cases": len(cases),
         "checkpoint_epoch": int(ckpt.get("epoch", 0)),
         "training_run_id": ckpt.get("mlflow_run_id", ""),
-        "params": asdict(params),
+        "params": {**asdict(params), "threshold": threshold},
         "hd95_unit": "mm",
         "hd95_one_empty_mm": HD95_EMPTY,
         "mean": summarise(per_case),
         "per_case": per_case,
         "baselines": {name: {"mean": summarise(rows), "per_case": rows} for name, rows in per_baseline.items()},
     }
-    io.write_json(metrics_json, result)
-    write_per_case_csv(per_case_csv, per_case, per_baseline)
+    io.write_json(outputs["metrics"], result)
+    write_per_case_csv(outputs["per_case"], per_case, per_baseline)
     mean = result["mean"]
     log.info("mean Dice WT %.3f TC %.3f ET %.3f over %d test cases; baselines WT: all-background %.3f, all-brain %.3f",
              mean["WT"]["dice"], mean["TC"]["dice"], mean["ET"]["dice"], len(cases),
              result["baselines"]["all_background"]["mean"]["WT"]["dice"],
              result["baselines"]["all_foreground_in_brain"]["mean"]["WT"]["dice"])
-    if track:
-        _log_mlflow(result, params, ckpt, metrics_json, per_case_csv, overlay_paths, rule)
+    if job.track:
+        _log_mlflow(result, outputs, job)
     return result
 
 
@@ -184,8 +174,8 @@ def write_per_case_csv(path, per_case: Mapping[str, Mapping], per_baseline: Mapp
     rows = []
     for case, res in per_case.items():
         row = {"case": case, **flat_row(res)}
-        for name, by_case in per_baseline.items():
-            row[f"baseline_{name}_WT_dice"] = by_case[case]["WT"]["dice"]
+        for name, rows_of in per_baseline.items():
+            row[f"baseline_{name}_WT_dice"] = rows_of[case]["WT"]["dice"]
         rows.append(row)
     with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -193,22 +183,18 @@ def write_per_case_csv(path, per_case: Mapping[str, Mapping], per_baseline: Mapp
         writer.writerows(rows)
 
 
-def _log_mlflow(result, params, ckpt, metrics_json, per_case_csv, overlay_paths, rule) -> None:
-    import mlflow
-
+def _log_mlflow(result: dict, outputs: Mapping[str, Any], job: Job) -> None:
     from medflow import tracking
 
-    tags = {"training_run_id": ckpt.get("mlflow_run_id", "")}
-    with tracking.run("brats_segmentation", "evaluate_unet3d", params={**asdict(params), "n_cases": result["n_cases"]},
-                      tags=tags, rule=rule):
-        metrics = {f"test_{k}": v for k, v in flat_row(result["mean"]).items() if not k.endswith(("_std", "_median"))}
-        for name, res in result["baselines"].items():
-            metrics[f"baseline_{name}_WT_dice"] = res["mean"]["WT"]["dice"]
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(metrics_json))
-        mlflow.log_artifact(str(per_case_csv))
-        for p in overlay_paths:
-            mlflow.log_artifact(str(p), artifact_path="overlays")
+    # Beside the headline: every structure's mean (``test_<structure>_<metric>``) and the baselines' WT Dice.
+    extra = {k: v for k, v in flat_row(result["mean"]).items() if not k.endswith(("_std", "_median"))}
+    for name, res in result["baselines"].items():
+        extra[f"baseline_{name}_WT_dice"] = res["mean"]["WT"]["dice"]
+    tracking.log_evaluation(EXPERIMENT, job.rule or RULE, headline=result["headline"],
+                            training_run_id=result["training_run_id"],
+                            artifacts=[outputs["metrics"], outputs["per_case"], outputs["overlays"]],
+                            params={**result["params"], "n_cases": result["n_cases"]}, rule=job.rule,
+                            extra_metrics=extra)
 
 
 def plot_overlay(flair: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | os.PathLike, title: str = "",

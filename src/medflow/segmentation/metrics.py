@@ -12,7 +12,7 @@ background face neighbour, distances are Euclidean in mm using the voxel spacing
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -75,7 +75,9 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float
     return float(max(forward, backward))
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], with_hd95: bool = True) -> dict[str, dict[str, float]]:
+def case_metrics(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], with_hd95: bool = True
+) -> dict[str, dict[str, float]]:
     """Dice (and HD95, mm) of every region and label: ``{"WT": {"dice": .., "hd95": ..}, ..., "label_4": {...}}``.
 
     ``pred``, ``truth``: stored label maps (Z, Y, X) with values 0..3; ``spacing``: (z, y, x) mm.
@@ -110,6 +112,8 @@ def summarise(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict
     return out
 
 
-def flat_row(result: Mapping[str, Mapping[str, float]], structures: Iterable[str] = regions.STRUCTURES) -> dict[str, float]:
+def flat_row(
+    result: Mapping[str, Mapping[str, float]], structures: Iterable[str] = regions.STRUCTURES
+) -> dict[str, float]:
     """``{"WT": {"dice": x}}`` -> ``{"WT_dice": x}`` for tables and MLflow metric names."""
     return {f"{name}_{metric}": float(v) for name in structures for metric, v in result[name].items()}

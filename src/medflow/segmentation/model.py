@@ -8,15 +8,22 @@ with ``base * 2**(l+1)`` filters. A 1x1x1 convolution gives one channel per tumo
 sigmoid turns it into independent per-label probabilities.
 
 Tensors are channels first: input (B, C_in, Z, Y, X) -> output (B, n_labels, Z, Y, X); every spatial
-size must be divisible by ``2 ** (depth - 1)``.
+size must be divisible by ``2 ** (depth - 1)``. ``make_model`` builds the pipeline's network from its
+hyperparameters, ``load_model`` a trained one from a checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
+
+from medflow.errors import InputError
+from medflow.segmentation.data import N_LABELS, N_MODALITIES
+from medflow.train import load_checkpoint
 
 UPSAMPLING = ("transpose", "upsample")
 
@@ -69,7 +76,9 @@ class UNet3D(nn.Module):
                 self.ups.append(nn.ConvTranspose3d(c, c, kernel_size=2, stride=2))
             else:
                 self.ups.append(nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False))
-            self.decoders.append(nn.Sequential(*_conv_block(c + skip, skip, batch_norm), *_conv_block(skip, skip, batch_norm)))
+            self.decoders.append(
+                nn.Sequential(*_conv_block(c + skip, skip, batch_norm), *_conv_block(skip, skip, batch_norm))
+            )
             c = skip
         self.head = nn.Conv3d(c, n_labels, kernel_size=1)
 
@@ -101,3 +110,38 @@ class UNet3D(nn.Module):
 def build(config: Mapping[str, Any]) -> UNet3D:
     """A U-Net from the plain-data ``config`` stored in a checkpoint's meta (``UNet3D.config``)."""
     return UNet3D(**dict(config))
+
+
+def make_model(params, channels_last: bool = True) -> UNet3D:
+    """The U-Net of ``params`` (anything with ``depth``, ``base_filters``, ``batch_norm``, ``upsampling``,
+    e.g. ``medflow.segmentation.train.UNetParams``): the 4 modalities in, the 3 stored labels out.
+
+    Channels-last 3D weights select oneDNN's / cuDNN's faster convolution kernels (about 1.8x on the CPU
+    for the demo model, benchmarks/bench_unet3d.py); the values, and so the checkpoint, are the same.
+    """
+    model = UNet3D(in_channels=N_MODALITIES, n_labels=N_LABELS, depth=params.depth, base_filters=params.base_filters,
+                   batch_norm=params.batch_norm, upsampling=params.upsampling)
+    return model.to(memory_format=torch.channels_last_3d) if channels_last else model
+
+
+def load_model(checkpoint: str | os.PathLike | Mapping[str, Any], device: torch.device | None = None,
+               channels_last: bool = True) -> UNet3D:
+    """The trained U-Net of a checkpoint (a path, or the dict ``medflow.train.load_checkpoint`` returns),
+    in eval mode on ``device`` (the CPU by default), channels-last as in training.
+
+    Rebuilt from ``meta["model"]`` (``UNet3D.config``); a checkpoint without it, or whose weights do not
+    fit it, raises ``InputError`` naming the file.
+    """
+    where = "<checkpoint dict>" if isinstance(checkpoint, Mapping) else checkpoint
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    config = ckpt.get("meta", {}).get("model")
+    if not isinstance(config, Mapping) or "state_dict" not in ckpt:
+        raise InputError(where, "not a U-Net checkpoint of brats_segmentation_train (no meta.model or state_dict)")
+    model = build(config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise InputError(where, f"weights do not fit meta.model {dict(config)} ({str(exc).splitlines()[0]})") from None
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model.to(device or torch.device("cpu")).eval()

@@ -1,5 +1,13 @@
-"""Full-volume inference: sliding windows over a whole stacked case, and writing the prediction back
-into the geometry of the raw NIfTI so it overlays on the original images.
+"""Turning inputs into U-Net outputs: the one place the segmentation model runs without training.
+
+- ``sliding_window`` / ``predict_case``: probabilities / the stored label map of a whole stacked case
+  (evaluation, and a predict stage on new data);
+- ``score_patches``: the validation inside ``fit`` (loss and Dice voxel counts of patch batches);
+- ``uncrop`` / ``write_nifti``: a prediction written back into the geometry of the raw NIfTI, so it
+  overlays on the original images.
+
+Every batch goes through ``medflow.train.predict`` (eval mode, inference_mode, bf16 autocast on CUDA,
+full precision on the CPU), so validation and test numbers come from the model at the same precision.
 """
 
 from __future__ import annotations
@@ -7,13 +15,17 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from medflow import io
-from medflow.train.device import autocast
+from medflow.preprocess.patches import standardize as patch_standardize
+from medflow.segmentation import regions
+from medflow.segmentation.loss import soft_dice_loss
+from medflow.train import predict as predict_batches
 
 BLENDS = ("gaussian", "constant")
 
@@ -48,7 +60,6 @@ def importance_map(window: Sequence[int], blend: str = "gaussian") -> np.ndarray
     return np.maximum(w, 1e-3).astype(np.float32)  # never exactly 0: every voxel gets some weight
 
 
-@torch.no_grad()
 def sliding_window(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -78,9 +89,12 @@ def sliding_window(
     starts = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(padded, window))))
     weight = importance_map(window, blend)
     weight_t = torch.from_numpy(weight).to(device)
+
+    def weighted(m: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return m(batch).float() * weight_t  # weighted on the device, before the copy back
+
     acc = None
     norm = np.zeros(padded, dtype=np.float32)
-    model.eval()
     for i in range(0, len(starts), batch_size):
         chunk = starts[i : i + batch_size]
         boxes = [tuple(slice(s, s + w) for s, w in zip(start, window)) for start in chunk]
@@ -90,9 +104,9 @@ def sliding_window(
         batch = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         if device.type == "cuda":
             batch = batch.pin_memory()
-        with autocast(device, bf16):
-            probs = model(batch.to(device, non_blocking=True))
-        probs = (probs.float() * weight_t).cpu().numpy()
+        # The accumulation stays here, with one predict call per batch of windows: predict gathers every
+        # output before it returns, which over a whole volume would hold all windows' probabilities at once.
+        probs = predict_batches(model, [batch], device, bf16=bf16, forward=weighted)
         if acc is None:
             acc = np.zeros((probs.shape[1], *padded), dtype=np.float32)
         for p, b in zip(probs, boxes):
@@ -100,6 +114,85 @@ def sliding_window(
             norm[b] += weight
     acc /= norm
     return np.ascontiguousarray(acc[(slice(None), *(slice(0, s) for s in shape))])
+
+
+STANDARDISE = ("window", "volume")
+
+
+@dataclass
+class PredictParams:
+    """How a whole case is predicted (keys of ``brats.segmentation.evaluate``): windows overlapping by
+    ``overlap`` (fraction), ``batch_size`` windows per forward pass, ``blend`` ``gaussian`` or ``constant``;
+    ``standardise``: ``window`` (each window as each training patch was) or ``volume`` (once, whole slices)."""
+
+    overlap: float = 0.5
+    standardise: str = "window"
+    batch_size: int = 2
+    blend: str = "gaussian"
+
+
+def predict_case(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    window: Sequence[int],
+    params: PredictParams,
+    *,
+    threshold: float,
+    device: torch.device | None = None,
+    bf16: bool = True,
+    standardize: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Stored label map (Z, Y, X) uint8 of one stacked (4, Z, Y, X) image (as stored, not normalised).
+
+    ``window`` (pz, py, px) is the training patch size (checkpoint ``meta["patch_size"]``), ``threshold``
+    training's (``meta["threshold"]``). ``standardize`` (default: the patch sampler's per-channel,
+    per-slice ``medflow.preprocess.patches.standardize``) is applied to every window
+    (``params.standardise == "window"``: what each training patch got) or once to the whole volume.
+    """
+    if params.standardise not in STANDARDISE:
+        raise ValueError(f"standardise must be one of {STANDARDISE}, got {params.standardise!r}")
+    standardize = standardize or patch_standardize
+    per_window = params.standardise == "window"
+    x = image if per_window else standardize(image)
+    probs = sliding_window(model, x, window, overlap=params.overlap, batch_size=params.batch_size,
+                           blend=params.blend, device=device, bf16=bf16,
+                           transform=standardize if per_window else None)
+    return regions.probabilities_to_labels(probs, threshold)
+
+
+def score_patches(
+    model: torch.nn.Module,
+    loader,
+    *,
+    threshold: float,
+    dice_epsilon: float,
+    device: torch.device | None = None,
+    bf16: bool = True,
+) -> tuple[float, int, dict[str, list[float]]]:
+    """Loss and hard-Dice voxel counts of ``model`` over (image (B, 4, pz, py, px), one-hot label
+    (B, 3, pz, py, px)) batches: ``(sum over batches of soft Dice loss x batch size, patches,
+    {structure: [intersection, predicted, true] voxels})`` for every ``regions.STRUCTURES`` entry,
+    labels taken at ``threshold``. Counting happens per batch on the device (no probabilities are kept).
+    """
+    device = device or next(model.parameters()).device
+
+    def forward(m: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
+        image, label = batch
+        probs = m(image)
+        pred_m = regions.masks(regions.probabilities_to_labels(probs.float(), threshold, axis=1))
+        true_m = regions.masks(regions.onehot_to_labels(label, axis=1))
+        counts = torch.stack([torch.stack([(pred_m[s] & true_m[s]).sum(), pred_m[s].sum(), true_m[s].sum()])
+                              for s in regions.STRUCTURES])
+        # One row per batch: the loss is a batch statistic (sums over the whole batch).
+        return {"loss": soft_dice_loss(probs, label, dice_epsilon).reshape(1),
+                "n": torch.tensor([len(image)]), "counts": counts[None]}
+
+    out = predict_batches(model, loader, device, bf16=bf16, forward=forward)
+    loss_sum = 0.0
+    for loss, n in zip(out["loss"], out["n"]):  # the batch order of a plain loop, in Python floats
+        loss_sum += float(loss) * int(n)
+    totals = out["counts"].sum(axis=0)  # integer voxel counts: exact in any order
+    return loss_sum, int(out["n"].sum()), {s: [float(v) for v in totals[i]] for i, s in enumerate(regions.STRUCTURES)}
 
 
 def uncrop(label_zyx: np.ndarray, kept_z_range: Sequence[int], original_shape_zyx: Sequence[int]) -> np.ndarray:

@@ -3,36 +3,39 @@
 Training and validation patches come from the patient-level split (``split.csv``: id, split, ...):
 patches of ``train`` cases train, patches of ``val`` cases select the best epoch by ``val_dice``
 (hard Dice of the three labels at ``threshold``, averaged over labels: the tutorial's metric).
-Dice of the BraTS regions on the validation patches is logged beside it.
+Dice of the BraTS regions on the validation patches is logged beside it. Validation runs the model
+through ``medflow.segmentation.predict.score_patches``, the path evaluation takes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from medflow.errors import InputError
+from medflow.ingest.brats import MODALITIES
 from medflow.ingest.splits import ids_in, read_split
-from medflow.segmentation import regions
-from medflow.segmentation.data import PatchDataset
+from medflow.segmentation import predict, regions
+from medflow.segmentation.data import PatchDataset, by_case
 from medflow.segmentation.loss import soft_dice_loss
 from medflow.segmentation.metrics import dice_from_counts
-from medflow.segmentation.model import UNet3D
-from medflow.train import FitConfig, FitResult, Tracking, fit, loader_kwargs, seed_everything, select_device
+from medflow.segmentation.model import make_model
+from medflow.train import FitResult, Job, fit, fit_config, make_loaders, seed_everything, select_device, tracking
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "brats_segmentation"
+RULE = "brats_segmentation_train"  # the MLflow run name when no rule runs the job (library calls, tests)
 
 
 @dataclass
 class UNetParams:
-    """Hyperparameters (``brats.segmentation.model`` in config)."""
+    """Hyperparameters (``brats.segmentation.train`` in config)."""
 
     depth: int = 3
     base_filters: int = 8
@@ -61,38 +64,18 @@ def split_cases(split_csv: str | os.PathLike, patch_files: Mapping[str, str]) ->
     return out
 
 
-def make_model(params: UNetParams, channels_last: bool = True) -> UNet3D:
-    """The U-Net of ``params`` (4 modalities in, 3 labels out). Channels-last 3D weights select
-    oneDNN's / cuDNN's faster convolution kernels (about 1.8x on the CPU for the demo model,
-    benchmarks/bench_unet3d.py); the values, and so the checkpoint, are the same."""
-    model = UNet3D(in_channels=4, n_labels=3, depth=params.depth, base_filters=params.base_filters,
-                   batch_norm=params.batch_norm, upsampling=params.upsampling)
-    return model.to(memory_format=torch.channels_last_3d) if channels_last else model
-
-
-def make_steps(params: UNetParams):
-    """The ``train_step`` and ``evaluate`` callables ``fit`` needs."""
+def make_steps(params: UNetParams, bf16: bool = True):
+    """The ``train_step`` and ``evaluate`` callables ``fit`` needs; ``bf16`` as ``fit``'s."""
 
     def train_step(model, batch):
         image, label = batch
         return soft_dice_loss(model(image), label, params.dice_epsilon)
 
     def evaluate(model, loader) -> dict[str, float]:
-        loss_sum, n = 0.0, 0
-        counts = {name: torch.zeros(3, dtype=torch.float64) for name in regions.STRUCTURES}
-        for image, label in loader:
-            device = next(model.parameters()).device
-            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            probs = model(image)
-            loss_sum += float(soft_dice_loss(probs, label, params.dice_epsilon)) * len(image)
-            n += len(image)
-            pred_m = regions.masks(regions.probabilities_to_labels(probs.float(), params.threshold, axis=1))
-            true_m = regions.masks(regions.onehot_to_labels(label, axis=1))
-            for name in regions.STRUCTURES:
-                p, t = pred_m[name], true_m[name]
-                counts[name] += torch.tensor([float((p & t).sum()), float(p.sum()), float(t.sum())], dtype=torch.float64)
+        loss_sum, n, counts = predict.score_patches(model, loader, threshold=params.threshold,
+                                                    dice_epsilon=params.dice_epsilon, bf16=bf16)
         out = {"loss": loss_sum / max(n, 1)}
-        scores = {name: dice_from_counts(*counts[name].tolist()) for name in regions.STRUCTURES}
+        scores = {name: dice_from_counts(*counts[name]) for name in regions.STRUCTURES}
         out["dice"] = sum(scores[name] for name in regions.LABEL_NAMES) / len(regions.LABEL_NAMES)
         out.update({f"dice_{name}": v for name, v in scores.items()})
         return out
@@ -100,25 +83,24 @@ def make_steps(params: UNetParams):
     return train_step, evaluate
 
 
-def train_unet3d(
-    patch_files: Mapping[str, str],
-    split_csv: str | os.PathLike,
-    checkpoint: str | os.PathLike,
-    *,
+def train(
+    inputs: Mapping[str, Any],
+    outputs: Mapping[str, Any],
     params: UNetParams,
-    seed: int,
-    threads: int = 1,
-    bf16: bool = True,
-    curves: str | os.PathLike | None = None,
-    track: bool = True,
-    rule: str | None = "train_unet3d",
+    job: Job,
+    *,
     device: torch.device | None = None,
 ) -> FitResult:
     """Train on the ``train`` cases' patches, select on the ``val`` cases'; write the best checkpoint.
 
-    ``patch_files``: case id -> patch HDF5 (cases of other splits are ignored). The checkpoint's
-    ``meta`` holds the model config, patch size and threshold that evaluation needs.
+    ``inputs``: ``patches`` (every case's patch HDF5 ``<case>.h5``, a list, or a {case: path} mapping;
+    cases of other splits are ignored) and ``split``; ``outputs``: ``checkpoint`` and optionally
+    ``curves`` (PNG). The checkpoint's ``meta`` holds the model config, patch size and threshold that
+    evaluation needs. ``device`` defaults to ``select_device(job.threads)``.
     """
+    patches = inputs["patches"]
+    patch_files = dict(patches) if isinstance(patches, Mapping) else by_case(patches)
+    split_csv, checkpoint = inputs["split"], outputs["checkpoint"]
     cases = split_cases(split_csv, patch_files)
     train_ds = PatchDataset([patch_files[c] for c in cases["train"]])
     val_ds = PatchDataset([patch_files[c] for c in cases["val"]])
@@ -126,37 +108,42 @@ def train_unet3d(
         if len(ds) == 0:
             raise InputError(split_csv, f"the {name} cases hold no patches")
     if train_ds.patch_size != val_ds.patch_size:
-        raise InputError(patch_files[cases["val"][0]], f"val patch size {val_ds.patch_size} differs from train {train_ds.patch_size}")
-    device = device or select_device(threads)
+        raise InputError(patch_files[cases["val"][0]],
+                         f"val patch size {val_ds.patch_size} differs from train {train_ds.patch_size}")
+    device = device or select_device(job.threads)
     log.info("train: %d patches from %d cases; val: %d patches from %d cases; patch %s",
              len(train_ds), len(cases["train"]), len(val_ds), len(cases["val"]), train_ds.patch_size)
 
-    seed_everything(seed)  # weights start the same on every run with this seed
+    seed_everything(job.seed)  # weights start the same on every run with this seed
     model = make_model(params)
     bad = [s for s in train_ds.patch_size if s % model.divisor]
     if bad:
-        raise InputError(patch_files[cases["train"][0]], f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; change the patch size or brats.segmentation.model.depth")
+        raise InputError(patch_files[cases["train"][0]],
+                         f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; "
+                         "change the patch size or brats.segmentation.train.depth")
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
-    kw = loader_kwargs(device, threads)
-    train_loader = DataLoader(train_ds, batch_size=params.batch_size, shuffle=True, **kw)
-    val_loader = DataLoader(val_ds, batch_size=params.batch_size, shuffle=False, **kw)
-    train_step, evaluate = make_steps(params)
+    # Every patch trains (drop_lone=False): BatchNorm3d normalises over a lone patch's voxels, so a
+    # last batch of one is no problem here, and dropping it would change the training.
+    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=params.batch_size, device=device,
+                                            threads=job.threads, drop_lone=False)
+    train_step, evaluate = make_steps(params, bf16=job.bf16)
 
-    hyper = {**asdict(params), "seed": seed, "patch_size": list(train_ds.patch_size), "optimizer": "adam",
+    hyper = {**asdict(params), "seed": job.seed, "patch_size": list(train_ds.patch_size), "optimizer": "adam",
              "loss": "soft_dice_squared", "n_train_cases": len(cases["train"]), "n_val_cases": len(cases["val"]),
-             "n_train_patches": len(train_ds), "n_val_patches": len(val_ds), "n_parameters": sum(p.numel() for p in model.parameters())}
+             "n_train_patches": len(train_ds), "n_val_patches": len(val_ds),
+             "n_parameters": sum(p.numel() for p in model.parameters())}
     meta = {"model": model.config, "patch_size": list(train_ds.patch_size), "threshold": params.threshold,
-            "modalities": ["flair", "t1", "t1ce", "t2"], "labels": list(regions.BRATS_LABELS), "hyperparameters": hyper}
+            "modalities": list(MODALITIES), "labels": list(regions.BRATS_LABELS), "hyperparameters": hyper}
     result = fit(
         model, optimizer, train_loader, val_loader,
         train_step=train_step, evaluate=evaluate,
-        cfg=FitConfig(epochs=params.epochs, monitor="val_dice", mode="max", patience=params.patience, seed=seed, bf16=bf16),
+        cfg=fit_config(params, monitor="val_dice", mode="max", job=job),
         device=device,
         checkpoint_path=checkpoint,
         checkpoint_meta=meta,
         fingerprint={**hyper, "train_cases": cases["train"], "val_cases": cases["val"]},
-        tracking=Tracking(EXPERIMENT, "train_unet3d", params=hyper, rule=rule) if track else None,
-        curves_path=curves,
+        tracking=tracking(job, EXPERIMENT, job.rule or RULE, hyper),
+        curves_path=outputs.get("curves"),
     )
     train_ds.close()
     val_ds.close()
