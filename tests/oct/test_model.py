@@ -1,11 +1,11 @@
 """VGG16 transfer model: what is frozen, what trains, the parameter counts, LogSoftmax output,
-frozen layers staying in eval mode, and ImageNet weights only from the cache."""
+frozen layers staying in eval mode, ImageNet weights only from the cache, and loading a checkpoint."""
 
 import pytest
 import torch
 
 from medflow.errors import InputError
-from medflow.oct.model import build_vgg16, parameter_counts
+from medflow.oct.model import build_vgg16, load_model, parameter_counts
 
 FEATURES = 14_714_688  # VGG16's 13 convolutions (torchvision: 138,357,544 with the 1000-class classifier)
 FC67 = (25088 * 4096 + 4096) + (4096 * 4096 + 4096)
@@ -28,7 +28,8 @@ def test_new_classifier_on_frozen_features_counts(model):
     assert counts["total"] == FEATURES + head(25088)
     assert not any(p.requires_grad for p in model.features.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
-    assert [type(m).__name__ for m in model.classifier] == ["BatchNorm1d", "Linear", "ReLU", "Dropout", "Linear", "LogSoftmax"]
+    assert [type(m).__name__ for m in model.classifier] == ["BatchNorm1d", "Linear", "ReLU", "Dropout", "Linear",
+                                                             "LogSoftmax"]
 
 
 def test_last_layer_head_freezes_fc6_fc7_as_the_tutorial():
@@ -38,7 +39,7 @@ def test_last_layer_head_freezes_fc6_fc7_as_the_tutorial():
     assert counts["trainable"] == head(4096, bn=False) == 4096 * 256 + 256 + 256 * 4 + 4
     assert counts["frozen"] == FEATURES + FC67
     assert not any(p.requires_grad for p in m.classifier[:6].parameters())
-    assert [type(l).__name__ for l in m.classifier[6]] == ["Linear", "ReLU", "Dropout", "Linear", "LogSoftmax"]
+    assert [type(layer).__name__ for layer in m.classifier[6]] == ["Linear", "ReLU", "Dropout", "Linear", "LogSoftmax"]
 
 
 def test_output_is_log_probabilities_and_gradients_reach_only_the_head(model):
@@ -77,3 +78,21 @@ def test_unknown_options_are_rejected():
         build_vgg16(4, weights="random")
     with pytest.raises(ValueError):
         build_vgg16(4, head="nothing")
+
+
+def test_load_model_rebuilds_the_checkpoint_from_a_dict_or_a_path(tmp_path):
+    torch.manual_seed(1)
+    arch = {"hidden": 8, "dropout": 0.4, "head": "classifier", "head_batchnorm": True}
+    trained = build_vgg16(4, weights="none", **arch)
+    with torch.no_grad():
+        trained.classifier[0].running_mean.uniform_()  # a buffer too, not only parameters
+    ckpt = {"meta": {"class_to_idx": {"CNV": 0, "DME": 1, "DRUSEN": 2, "NORMAL": 3}, "model": arch},
+            "state_dict": trained.state_dict(), "epoch": 1}
+    torch.save(ckpt, tmp_path / "model.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = trained.eval()(x)
+        for source in (ckpt, tmp_path / "model.pt", str(tmp_path / "model.pt")):
+            model = load_model(source)
+            assert not model.training and not any(p.requires_grad for p in model.features.parameters())
+            assert torch.equal(model(x), expected)

@@ -1,17 +1,10 @@
 from medflow.jobs import start
-from medflow.oct.evaluate import evaluate
+from medflow.oct.evaluate import EvaluateParams, evaluate
+from medflow.params import from_config
+from medflow.train import Job
 
 log = start(snakemake)
-out = snakemake.output
-evaluate(
-    snakemake.params.root,
-    snakemake.input.split,
-    snakemake.input.checkpoint,
-    out.metrics,
-    out.predictions,
-    out.confusion,
-    top_k=snakemake.params.evaluate["top_k"],
-    batch_size=snakemake.params.evaluate["batch_size"],
-    threads=snakemake.threads,
-    rule=snakemake.rule,
-)
+params = from_config(EvaluateParams, {"root": snakemake.params.root, "evaluate": snakemake.params.evaluate,
+                                      "bootstrap": snakemake.params.bootstrap})
+metrics = evaluate(dict(snakemake.input.items()), dict(snakemake.output.items()), params, Job.from_snakemake(snakemake))
+log.info("headline: %s", ", ".join(f"{k} {v['value']:.4f}" for k, v in metrics["headline"].items()))

@@ -1,16 +1,9 @@
 from medflow.jobs import start
-from medflow.oct.train import train
+from medflow.oct.train import TrainParams, train
+from medflow.params import from_config
+from medflow.train import Job
 
 log = start(snakemake)
-result = train(
-    snakemake.params.root,
-    snakemake.input.split,
-    snakemake.output.checkpoint,
-    snakemake.output.curves,
-    snakemake.params.train,
-    threads=snakemake.threads,
-    seed=snakemake.params.seed,
-    bf16=snakemake.params.bf16,
-    rule=snakemake.rule,
-)
-log.info("best %s %.4f at epoch %d", snakemake.params.train["monitor"], result.best_score, result.best_epoch)
+params = from_config(TrainParams, {"root": snakemake.params.root, "train": snakemake.params.train})
+result = train(dict(snakemake.input.items()), dict(snakemake.output.items()), params, Job.from_snakemake(snakemake))
+log.info("best %s %.4f at epoch %d", params.train.monitor, result.best_score, result.best_epoch)

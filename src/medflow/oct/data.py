@@ -1,4 +1,4 @@
-"""OCT images for VGG16: ImageFolder-style dataset over the split file, and the tutorial's transforms.
+"""OCT images for VGG16: the split table, an ImageFolder-style dataset over it, and the tutorial's transforms.
 
 The dataset behaves like ``torchvision.datasets.ImageFolder`` (``classes``, ``class_to_idx``,
 ``samples``, ``targets``; greyscale converted to 3-channel RGB; sorted class names) but reads its
@@ -9,8 +9,9 @@ Images are opened one at a time: nothing assumes the data set fits in memory.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import pandas as pd
 import torch
@@ -18,22 +19,45 @@ from PIL import Image
 from torchvision import transforms
 
 from medflow.errors import InputError
+from medflow.ingest.oct import class_to_idx, read_split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def train_transform(image_size: int, resize: int, augment: Mapping) -> transforms.Compose:
+@dataclass(frozen=True)
+class Augment:
+    """``oct.train.augment``: train-time augmentation (config/config.yaml)."""
+
+    crop_scale: tuple[float, float]  # RandomResizedCrop's area range, fractions of the image
+    rotation: float  # degrees either way
+    brightness: float
+    contrast: float
+    hflip: bool
+
+
+def split_table(split_path: str | os.PathLike, split: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows of ``split`` in ``split.csv`` (``id, split, label, patient, path``; index reset) and the
+    ImageFolder ``class_to_idx`` of every label in the file; ``InputError`` if the split has no image."""
+    table = read_split(split_path)
+    part = table[table["split"] == split].reset_index(drop=True)
+    if part.empty:
+        raise InputError(split_path, f"no images in split {split!r}")
+    return part, class_to_idx(sorted(table["label"].unique()))
+
+
+def train_transform(image_size: int, resize: int, augment: Augment) -> transforms.Compose:
     """Random resized crop to ``resize``, rotation, colour jitter, horizontal flip, centre crop to
     ``image_size`` (pixels), ImageNet normalisation -> float tensor (3, image_size, image_size)."""
     steps = [
-        transforms.RandomResizedCrop(resize, scale=tuple(augment["crop_scale"])),
-        transforms.RandomRotation(degrees=float(augment["rotation"])),
-        transforms.ColorJitter(brightness=float(augment["brightness"]), contrast=float(augment["contrast"])),
+        transforms.RandomResizedCrop(resize, scale=tuple(augment.crop_scale)),
+        transforms.RandomRotation(degrees=float(augment.rotation)),
+        transforms.ColorJitter(brightness=float(augment.brightness), contrast=float(augment.contrast)),
     ]
-    if augment["hflip"]:
+    if augment.hflip:
         steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.CenterCrop(image_size), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [transforms.CenterCrop(image_size), transforms.ToTensor(),
+              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return transforms.Compose(steps)
 
 

@@ -1,12 +1,18 @@
 """Evaluate the OCT classifier on the test split: accuracy, per-class precision/recall, confusion
-matrix, and a predictions table with the top-k classes and their probabilities per image."""
+matrix, and a predictions table with the top-k classes and their probabilities per image.
+
+The headline (``accuracy``, ``macro_recall``) carries a seeded percentile bootstrap over the test
+*patients*: a patient's images are resampled together (cluster bootstrap), since the images of one
+patient are not independent, and ``n`` is the number of test patients.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,11 +22,43 @@ from torch.utils.data import DataLoader
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import plot_confusion
-from medflow.oct.data import OctImages, eval_transform
-from medflow.oct.train import load_model, predict_log_proba, split_table
-from medflow.train import load_checkpoint, loader_kwargs, select_device
+from medflow.evaluation.headline import bootstrap_metric
+from medflow.oct.data import OctImages, eval_transform, split_table
+from medflow.oct.model import load_model
+from medflow.oct.predict import predict_log_proba
+from medflow.train import Job, load_checkpoint, loader_kwargs, select_device
+from medflow.train.device import describe
 
 log = logging.getLogger(__name__)
+
+EXPERIMENT = "oct"
+RULE = "oct_evaluate"  # the MLflow run name when no rule is given (library callers)
+
+
+@dataclass(frozen=True)
+class EvaluateBlock:
+    """``oct.evaluate`` in config."""
+
+    top_k: int  # classes (with probabilities) per image in predictions.csv
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Config ``evaluation``: the headline's percentile bootstrap over test patients."""
+
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """What ``oct_evaluate`` passes besides seed and bf16 (the ``Job``'s): ``root``, the raw OCT2017 folder
+    the split's ``path`` column is relative to, the ``evaluate`` block and the ``bootstrap`` settings."""
+
+    root: str
+    evaluate: EvaluateBlock
+    bootstrap: Bootstrap = Bootstrap()
 
 
 def multiclass_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
@@ -57,63 +95,98 @@ def top_k_table(ids: Sequence[str], log_proba: np.ndarray, classes: Sequence[str
     return df
 
 
-def evaluate(
-    raw_root: str | os.PathLike,
-    split_path: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    metrics_path: str | os.PathLike,
-    predictions_path: str | os.PathLike,
-    confusion_path: str | os.PathLike,
-    *,
-    top_k: int,
-    batch_size: int,
-    threads: int,
-    rule: str | None = "oct_evaluate",
-    track: bool = True,
-) -> dict:
-    """Predict every ``test`` image with the checkpoint's own preprocessing; write metrics JSON,
-    predictions CSV and confusion-matrix PNG; log them to an MLflow run tagged ``training_run_id``."""
-    device = select_device(threads)
-    ckpt = load_checkpoint(checkpoint_path)
+def macro_recall_of(present: Sequence[int], n_classes: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    """``fn(y_true, y_pred)``: ``multiclass_report``'s macro recall (all ``n_classes``, a class without
+    images counts 0), NaN for a resample that lacks one of the ``present`` classes (those of the full test
+    set): its recall is undefined there, and counting it 0 would drag the interval down."""
+    labels = list(range(n_classes))
+    need = np.unique(np.asarray(present))
+
+    def fn(y_true, y_pred) -> float:
+        if not np.isin(need, y_true).all():
+            return float("nan")
+        # multiclass_report's own call, so the full-data value is its macro_recall bit for bit
+        _, rec, _, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+        return float(np.mean(rec))
+
+    return fn
+
+
+def headline(y_true: np.ndarray, y_pred: np.ndarray, patients: Sequence[str], n_classes: int, *, n_boot: int,
+             seed: int, level: float) -> dict[str, dict[str, Any]]:
+    """``{"accuracy", "macro_recall"}``, each ``{value, ci_low, ci_high, n}``: values as in
+    ``multiclass_report``; intervals from one set of patient resamples (same seed, same draws), ``n`` the
+    number of distinct ``patients`` (one id per image, aligned with ``y_true`` (N,) and ``y_pred`` (N,))."""
+    groups = np.asarray(patients)
+    kw = {"groups": groups, "n_boot": int(n_boot), "seed": int(seed), "level": float(level)}
+    return {
+        "accuracy": bootstrap_metric(lambda t, p: float(skm.accuracy_score(t, p)), y_true, y_pred, **kw),
+        "macro_recall": bootstrap_metric(macro_recall_of(y_true, n_classes), y_true, y_pred, **kw),
+    }
+
+
+def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike],
+             params: EvaluateParams, job: Job) -> dict:
+    """Predict every ``test`` image with the checkpoint's own preprocessing; write metrics JSON (with the
+    ``headline`` block), predictions CSV and confusion-matrix PNG; log them to the MLflow run ``job.rule``
+    (experiment ``oct``) tagged ``training_run_id``. Returns the metrics written.
+
+    ``inputs``: ``checkpoint``, ``split`` (the ingest's ``split.csv``); ``outputs``: ``metrics``,
+    ``predictions``, ``confusion``. Predictions go through :func:`medflow.oct.predict.predict_log_proba`
+    with ``job.bf16``, as the validation during training does.
+    """
+    cfg, boot = params.evaluate, params.bootstrap
+    split_path = inputs["split"]
+    metrics_path, predictions_path, confusion_path = outputs["metrics"], outputs["predictions"], outputs["confusion"]
+    device = select_device(job.threads)
+    ckpt = load_checkpoint(inputs["checkpoint"])
     meta = ckpt["meta"]
     classes = list(meta["classes"])
     table, c2i = split_table(split_path, "test")
     if c2i != meta["class_to_idx"]:
         raise InputError(split_path, f"classes {c2i} differ from the model's {meta['class_to_idx']}")
     model = load_model(ckpt).to(device)
-    ds = OctImages(raw_root, table, c2i, eval_transform(int(meta["image_size"]), int(meta["resize"])))
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **loader_kwargs(device, threads))
-    logp, y = predict_log_proba(model, loader, device)
+    ds = OctImages(params.root, table, c2i, eval_transform(int(meta["image_size"]), int(meta["resize"])))
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, **loader_kwargs(device, job.threads))
+    out = predict_log_proba(model, loader, device, bf16=job.bf16)
+    logp, y = out["log_proba"], out["target"]
     pred = logp.argmax(1)
+    patients = table["patient"].astype(str).tolist()  # the loader keeps the table's order
 
     report = multiclass_report(y, pred, classes)
     cm = plot_confusion(y, pred, classes, confusion_path, title=f"OCT test (n={len(y)})")
     report["confusion_matrix"] = cm.tolist()
     report["classes"] = classes
     report["checkpoint_epoch"] = int(ckpt["epoch"])
+    report["n_patients"] = len(set(patients))
+    report["headline"] = headline(y, pred, patients, len(classes), n_boot=boot.bootstrap_samples, seed=job.seed,
+                                  level=boot.confidence)
     io.write_json(metrics_path, report)
 
-    preds = top_k_table(ds.ids, logp, classes, top_k)
-    preds.insert(1, "patient", table["patient"].astype(str).tolist())
+    preds = top_k_table(ds.ids, logp, classes, cfg.top_k)
+    preds.insert(1, "patient", patients)
     preds.insert(2, "label", [classes[t] for t in y])
     preds.insert(3, "correct", pred == y)
     with io.atomic_path(predictions_path) as tmp:
         preds.to_csv(tmp, index=False, float_format="%.6f")
-    log.info("test accuracy %.4f, macro recall %.4f on %d images", report["accuracy"], report["macro_recall"], report["n"])
+    h = report["headline"]
+    log.info("test accuracy %.4f [%.4f, %.4f], macro recall %.4f [%.4f, %.4f] on %d images of %d patients",
+             h["accuracy"]["value"], h["accuracy"]["ci_low"], h["accuracy"]["ci_high"], h["macro_recall"]["value"],
+             h["macro_recall"]["ci_low"], h["macro_recall"]["ci_high"], report["n"], report["n_patients"])
     for c, r in report["per_class"].items():
         log.info("  %-7s precision %.3f recall %.3f (n=%d)", c, r["precision"], r["recall"], r["support"])
 
-    if track:
+    if job.track:
         from medflow import tracking
 
-        flat = {f"test_{k}": report[k] for k in ("accuracy", "macro_recall", "macro_precision", "macro_f1")}
+        extra = {k: report[k] for k in ("macro_precision", "macro_f1")}
         for c, r in report["per_class"].items():
-            flat[f"test_precision_{c}"] = r["precision"]
-            flat[f"test_recall_{c}"] = r["recall"]
-        with tracking.run("oct", "vgg16-test", params={"top_k": top_k, "n_test": len(y)}, tags={"training_run_id": ckpt["mlflow_run_id"]}, rule=rule):
-            import mlflow
-
-            mlflow.log_metrics(flat)
-            for p in (metrics_path, confusion_path, predictions_path):
-                mlflow.log_artifact(str(Path(p)), artifact_path="evaluation")
+            extra[f"precision_{c}"] = r["precision"]
+            extra[f"recall_{c}"] = r["recall"]
+        tracking.log_evaluation(
+            EXPERIMENT, job.rule or RULE, headline=report["headline"], training_run_id=ckpt["mlflow_run_id"],
+            artifacts=[metrics_path, confusion_path, predictions_path],
+            params={"top_k": cfg.top_k, "n_test": len(y), "n_test_patients": report["n_patients"],
+                    "bootstrap_samples": boot.bootstrap_samples, "confidence": boot.confidence, "seed": job.seed},
+            tags={"device": describe(device)}, rule=job.rule, extra_metrics=extra)
     return report

@@ -14,9 +14,13 @@ Where it goes (``head``):
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 from torch import nn
 from torchvision import models
 
+from medflow.train import load_checkpoint
 from medflow.train.pretrained import imagenet_state_dict
 
 HEADS = ("classifier", "last_layer")
@@ -74,12 +78,25 @@ def build_vgg16(
             p.requires_grad = False
     n_inputs = model.classifier[0].in_features if head == "classifier" else model.classifier[6].in_features
     layers = [nn.BatchNorm1d(n_inputs)] if head_batchnorm else []
-    layers += [nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes), nn.LogSoftmax(dim=1)]
+    layers += [nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes),
+               nn.LogSoftmax(dim=1)]
     if head == "classifier":
         model.classifier = nn.Sequential(*layers)
     else:
         model.classifier[6] = nn.Sequential(*layers)
     return model
+
+
+def load_model(checkpoint: Mapping | str | os.PathLike) -> TransferVGG16:
+    """The trained VGG16 of a checkpoint (the dict ``medflow.train.fit`` writes, or its path), in eval
+    mode on the CPU. The architecture comes from ``meta`` (``class_to_idx``, ``model``), the weights from
+    ``state_dict``: the ImageNet file is not needed."""
+    if not isinstance(checkpoint, Mapping):
+        checkpoint = load_checkpoint(checkpoint)
+    meta = checkpoint["meta"]
+    model = build_vgg16(len(meta["class_to_idx"]), weights="none", **meta["model"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
 
 
 def _init_like_torchvision(modules) -> None:

@@ -2,103 +2,99 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from medflow.errors import InputError
-from medflow.ingest.oct import class_to_idx, read_split
-from medflow.oct.data import OctImages, eval_transform, train_transform
+from medflow.oct.data import Augment, OctImages, eval_transform, split_table, train_transform
 from medflow.oct.model import build_vgg16, parameter_counts
-from medflow.train import FitConfig, Tracking, fit, loader_kwargs, seed_everything, select_device
+from medflow.oct.predict import predict_log_proba
+from medflow.train import FitResult, Job, fit, fit_config, make_loaders, seed_everything, select_device, tracking
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT = "oct"
+RULE = "oct_train"  # the MLflow run name when no rule is given (library callers)
 MONITOR_MODE = {"val_loss": "min", "val_accuracy": "max"}
 
 
-def split_table(split_path: str | os.PathLike, split: str):
-    table = read_split(split_path)
-    part = table[table["split"] == split].reset_index(drop=True)
-    if part.empty:
-        raise InputError(split_path, f"no images in split {split!r}")
-    return part, class_to_idx(sorted(table["label"].unique()))
+@dataclass(frozen=True)
+class TrainBlock:
+    """``oct.train`` in config (config/config.yaml explains each key)."""
+
+    image_size: int  # centre crop fed to VGG16, pixels
+    resize: int  # shorter side before the crop, pixels
+    augment: Augment
+    weights: str  # none | imagenet
+    head: str  # classifier | last_layer (medflow.oct.model)
+    head_batchnorm: bool
+    hidden: int
+    dropout: float
+    epochs: int
+    patience: int
+    monitor: str  # val_loss | val_accuracy
+    batch_size: int
+    lr: float
 
 
-@torch.no_grad()
-def predict_log_proba(model: torch.nn.Module, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Log-probabilities (N, n_classes) and targets (N,) over ``loader``, in its order."""
-    model.eval()
-    out, targets = [], []
-    for x, y in loader:
-        out.append(model(x.to(device, non_blocking=True)).float().cpu())
-        targets.append(y)
-    return torch.cat(out).numpy(), torch.cat(targets).numpy()
+@dataclass(frozen=True)
+class TrainParams:
+    """What ``oct_train`` passes besides seed and bf16 (those are the ``Job``'s): ``root``, the raw OCT2017
+    folder the split's ``path`` column is relative to, and the ``train`` block."""
+
+    root: str
+    train: TrainBlock
 
 
-def train(
-    raw_root: str | os.PathLike,
-    split_path: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    curves_path: str | os.PathLike,
-    params: Mapping[str, Any],
-    *,
-    threads: int,
-    seed: int,
-    bf16: bool = True,
-    rule: str | None = "oct_train",
-    track: bool = True,
-):
-    """Fit VGG16 on the ``train`` split, selecting on ``params["monitor"]`` over ``val``.
+def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: TrainParams,
+          job: Job) -> FitResult:
+    """Fit VGG16 on the ``train`` split, selecting on ``params.train.monitor`` over ``val``.
 
-    ``params`` is the ``oct.train`` config block (image_size, resize, augment, weights, hidden,
-    dropout, freeze, epochs, batch_size, lr, patience, monitor). Returns ``medflow.train.FitResult``.
+    ``inputs["split"]``: the ingest's ``split.csv``; ``outputs["checkpoint"]``, ``outputs["curves"]`` (PNG).
+    Validation each epoch through :func:`medflow.oct.predict.predict_log_proba` with ``job.bf16``: NLL loss
+    and accuracy over the val images. MLflow run ``job.rule`` in experiment ``oct``.
     """
-    device = select_device(threads)
+    cfg = params.train
+    split_path = inputs["split"]
+    device = select_device(job.threads)
     train_table, c2i = split_table(split_path, "train")
     val_table, _ = split_table(split_path, "val")
-    size, resize = int(params["image_size"]), int(params["resize"])
-    train_ds = OctImages(raw_root, train_table, c2i, train_transform(size, resize, params["augment"]))
-    val_ds = OctImages(raw_root, val_table, c2i, eval_transform(size, resize))
+    size, resize = int(cfg.image_size), int(cfg.resize)
+    train_ds = OctImages(params.root, train_table, c2i, train_transform(size, resize, cfg.augment))
+    val_ds = OctImages(params.root, val_table, c2i, eval_transform(size, resize))
     log.info("train %d images, val %d images, classes %s", len(train_ds), len(val_ds), c2i)
 
-    seed_everything(seed)
-    arch = {
-        "hidden": int(params["hidden"]),
-        "dropout": float(params["dropout"]),
-        "head": params["head"],
-        "head_batchnorm": bool(params["head_batchnorm"]),
-    }
-    model = build_vgg16(len(c2i), weights=params["weights"], **arch)
+    seed_everything(job.seed)
+    arch = {"hidden": int(cfg.hidden), "dropout": float(cfg.dropout), "head": cfg.head,
+            "head_batchnorm": bool(cfg.head_batchnorm)}
+    model = build_vgg16(len(c2i), weights=cfg.weights, **arch)
     counts = parameter_counts(model)
-    log.info("VGG16: %s parameters in total, %s trainable (%s frozen)", f"{counts['total']:,}", f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+    log.info("VGG16: %s parameters in total, %s trainable (%s frozen)", f"{counts['total']:,}",
+             f"{counts['trainable']:,}", f"{counts['frozen']:,}")
 
-    lk = loader_kwargs(device, threads)
-    bs = int(params["batch_size"])
-    # A last batch of one image cannot train the head's BatchNorm (torch raises): drop just that image
-    # per epoch (a different one each epoch, as the order is shuffled).
-    train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=len(train_ds) % bs == 1, **lk)
-    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, **lk)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(params["lr"]))
+    # make_loaders drops a last train batch of one image (the head's BatchNorm cannot train on it).
+    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.batch_size, device=device,
+                                            threads=job.threads)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(cfg.lr))
 
     def train_step(model, batch):
         x, y = batch
         return F.nll_loss(model(x), y)
 
-    def evaluate(model, loader):
-        logp, y = predict_log_proba(model, loader, device)
+    def validate(model, loader):
+        out = predict_log_proba(model, loader, device, bf16=job.bf16)
+        logp, y = out["log_proba"], out["target"]
         return {
             "loss": float(F.nll_loss(torch.from_numpy(logp), torch.from_numpy(y))),
             "accuracy": float((logp.argmax(1) == y).mean()),
         }
 
-    monitor = params["monitor"]
-    cfg = FitConfig(epochs=int(params["epochs"]), monitor=monitor, mode=MONITOR_MODE[monitor], patience=int(params["patience"]), seed=seed, bf16=bf16)
+    fit_cfg = fit_config(cfg, monitor=cfg.monitor, mode=MONITOR_MODE[cfg.monitor], job=job)
     meta = {
         "arch": "vgg16",
         "class_to_idx": c2i,
@@ -106,37 +102,25 @@ def train(
         "image_size": size,
         "resize": resize,
         "model": arch,
-        "weights": params["weights"],
+        "weights": cfg.weights,
         "parameters": counts,
     }
-    tracking = None
-    if track:
-        tracking = Tracking(
-            experiment="oct",
-            run_name="vgg16",
-            params={**params, "seed": seed, "n_train": len(train_ds), "n_val": len(val_ds), "parameters": counts},
-            rule=rule,
-        )
+    # The train block (augment nested) and the seed: what a resume must match, what MLflow shows.
+    settings = {**dataclasses.asdict(cfg), "seed": job.seed}
+    run = tracking(job, EXPERIMENT, job.rule or RULE,
+                   {**settings, "n_train": len(train_ds), "n_val": len(val_ds), "parameters": counts})
     return fit(
         model,
         optimizer,
         train_loader,
         val_loader,
         train_step=train_step,
-        evaluate=evaluate,
-        cfg=cfg,
+        evaluate=validate,
+        cfg=fit_cfg,
         device=device,
-        checkpoint_path=checkpoint_path,
+        checkpoint_path=outputs["checkpoint"],
         checkpoint_meta=meta,
-        fingerprint={**params, "seed": seed},
-        tracking=tracking,
-        curves_path=curves_path,
+        fingerprint=settings,
+        tracking=run,
+        curves_path=outputs["curves"],
     )
-
-
-def load_model(checkpoint: Mapping) -> torch.nn.Module:
-    """Rebuild the trained VGG16 from a checkpoint (no ImageNet file needed: the weights are in it)."""
-    meta = checkpoint["meta"]
-    model = build_vgg16(len(meta["class_to_idx"]), weights="none", **meta["model"])
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
