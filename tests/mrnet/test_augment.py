@@ -51,3 +51,11 @@ def test_rotation_and_shift_stay_within_range():
         out = aug(exam)[0]
         ys, xs = torch.nonzero(out > 0.2, as_tuple=True)
         assert len(ys) and (ys.float().mean() - 31.5).abs() <= 7.5 and (xs.float().mean() - 31.5).abs() <= 7.5
+
+
+def test_from_params():
+    from medflow.mrnet.augment import AugmentConfig
+
+    assert ExamAugmentation.from_params(None) is None
+    exam = (torch.stack([_structure()] * 2) * 200).to(torch.uint8)
+    assert torch.equal(ExamAugmentation.from_params(AugmentConfig(0, 0, 1.0))(exam), exam.flip(-1))

@@ -54,3 +54,25 @@ def test_resize_averages_when_shrinking():
     assert out.shape == (2, 64, 64) and out.dtype == torch.uint8
     assert int(out[0, 0, 0]) == 200 and int(out[0, 63, 63]) == 0 and int(out[1, 32, 0]) == 255
     assert resize(exam, 300).shape == (2, 300, 300)
+
+
+def test_exam_table_keeps_the_requested_order_and_one_task_and_plane():
+    import pandas as pd
+
+    from medflow.mrnet.data import exam_table
+
+    manifest = pd.DataFrame(
+        {
+            "id": ["0000", "0001", "0002"],
+            "split": ["train", "train", "valid"],
+            "abnormal": [1, 0, 1],
+            "acl": [0, 1, 0],
+            "meniscus": [0, 0, 1],
+            "slices_axial": [3, 4, 5],
+            "slices_coronal": [6, 7, 8],
+            "slices_sagittal": [9, 10, 11],
+        }
+    )
+    t = exam_table(manifest, ["0002", "0001", "0000"], "acl", "coronal")
+    assert t.columns.tolist() == ["id", "split", "label", "slices"]
+    assert t.values.tolist() == [["0002", "valid", 0, 8], ["0001", "train", 1, 7], ["0000", "train", 0, 6]]

@@ -69,3 +69,25 @@ def test_imagenet_weights_fail_clearly_when_not_cached(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="ImageNet weights not cached") as err:
         MRNet("imagenet")
     assert "alexnet" in err.value.path
+
+
+def test_load_model_gives_the_saved_model_in_eval_mode(tmp_path):
+    """From the checkpoint dict or its path (as medflow.train.fit writes it): the same outputs, no
+    pretrained weights needed; the meta gives the model settings back."""
+    from medflow.mrnet.model import ModelConfig, build_model, checkpoint_params, load_model
+
+    torch.manual_seed(3)
+    model = build_model(ModelConfig(weights="none", image_size=64)).eval()
+    ckpt = {"state_dict": model.state_dict(), "meta": {"weights": "imagenet", "image_size": 64}}
+    torch.save(ckpt, tmp_path / "model.pt")
+    x, counts = torch.cat(_exams([2, 3])), [2, 3]
+    with torch.no_grad():
+        want = model(x, counts)
+        for loaded in (load_model(ckpt), load_model(tmp_path / "model.pt")):
+            assert not loaded.training
+            torch.testing.assert_close(loaded(x, counts), want, rtol=0, atol=0)
+    assert checkpoint_params(ckpt) == ModelConfig(weights="imagenet", image_size=64)
+    torch.save({"state_dict": {"features.0.weight": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not an MRNet checkpoint") as err:
+        load_model(tmp_path / "other.pt")
+    assert err.value.path == str(tmp_path / "other.pt")

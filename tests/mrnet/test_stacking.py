@@ -13,8 +13,12 @@ from medflow.mrnet.stacking import Stacker
 def _data(n=200, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
-    X = pd.DataFrame({p: np.clip(0.5 + (y - 0.5) * s + rng.normal(0, 0.25, n), 0, 1)
-                      for p, s in (("axial", 0.1), ("coronal", 0.6), ("sagittal", 0.3))})
+    X = pd.DataFrame(
+        {
+            p: np.clip(0.5 + (y - 0.5) * s + rng.normal(0, 0.25, n), 0, 1)
+            for p, s in (("axial", 0.1), ("coronal", 0.6), ("sagittal", 0.3))
+        }
+    )
     return X, y
 
 
@@ -31,7 +35,9 @@ def test_json_round_trip_matches_scikit_learn(tmp_path):
     st.save(tmp_path / "stacker.json")
     data = json.loads((tmp_path / "stacker.json").read_text())
     assert data["planes"] == ["axial", "coronal", "sagittal"] and len(data["coef"]) == 3
-    assert isinstance(data["intercept"], float) and data["fit_on"] == "out_of_fold" and data["class_weight"] == "balanced"
+    assert (
+        isinstance(data["intercept"], float) and data["fit_on"] == "out_of_fold" and data["class_weight"] == "balanced"
+    )
     back = Stacker.load(tmp_path / "stacker.json")
     assert back == st
     # Columns are matched by plane name, not position.
@@ -84,8 +90,13 @@ def test_balanced_weights_centre_the_threshold():
     """With 10 % positives, the unweighted fit leans to 'negative' at 0.5; the balanced one does not."""
     rng = np.random.default_rng(1)
     y = (rng.random(400) < 0.1).astype(int)
-    X = pd.DataFrame({p: np.clip(0.4 + 0.2 * y + rng.normal(0, 0.15, 400), 0, 1) for p in ("axial", "coronal", "sagittal")})
-    sens = {cw: ((Stacker.fit(X, y, class_weight=cw).predict_proba(X) >= 0.5) & (y == 1)).sum() / y.sum() for cw in ("none", "balanced")}
+    X = pd.DataFrame(
+        {p: np.clip(0.4 + 0.2 * y + rng.normal(0, 0.15, 400), 0, 1) for p in ("axial", "coronal", "sagittal")}
+    )
+    sens = {
+        cw: ((Stacker.fit(X, y, class_weight=cw).predict_proba(X) >= 0.5) & (y == 1)).sum() / y.sum()
+        for cw in ("none", "balanced")
+    }
     assert sens["balanced"] > 0.7 > sens["none"]
 
 

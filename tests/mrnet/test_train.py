@@ -4,22 +4,34 @@ shared loop, MLflow) -> out-of-fold stacking and evaluation linked to the traini
 import json
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
-from medflow import tracking
+from medflow import io, tracking
 from medflow.ingest import mrnet as ingest
-from medflow.mrnet import evaluation as ev
+from medflow.mrnet import evaluate as ev
+from medflow.mrnet import predict as predict_mod
 from medflow.mrnet import train as train_mod
-from medflow.mrnet.data import ExamDataset
-from medflow.mrnet.train import Outputs, train_plane
+from medflow.mrnet.data import ExamDataset, exam_table
+from medflow.mrnet.model import load_model
+from medflow.mrnet.train import TrainParams, train
+from medflow.params import from_config
 from medflow.synthetic import mrnet as synthetic
-from medflow.train import load_checkpoint
+from medflow.train import Job, load_checkpoint, select_device
 
-MODEL = {"weights": "none", "image_size": 64}
-TRAIN = {"epochs": 2, "batch_slices": 16, "lr": 5e-4, "weight_decay": 0.0, "patience": 2,
-         "scheduler": {"factor": 0.3, "patience": 1}, "val_fraction": 0.25,
-         "augment": {"rotation_deg": 25, "shift_px": 25, "hflip_p": 0.5}}
+TRAIN = {
+    "model": {"weights": "none", "image_size": 64},
+    "epochs": 2,
+    "batch_slices": 16,
+    "lr": 5e-4,
+    "weight_decay": 0.0,
+    "patience": 2,
+    "scheduler": {"factor": 0.3, "patience": 1},
+    "val_fraction": 0.25,
+    "augment": {"rotation_deg": 25, "shift_px": 25, "hflip_p": 0.5},
+}
+OUTPUTS = {"checkpoint": "model.pt", "predictions": "predictions.csv", "summary": "train.json", "curves": "curves.png"}
 
 
 @pytest.fixture(scope="module")
@@ -33,29 +45,35 @@ def pipeline(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     seen, spy = {}, _TrainingSpy()
+    job = Job(threads=1, seed=0, bf16=False, rule="mrnet_train")
     with pytest.MonkeyPatch.context() as spies:
         spies.setattr(train_mod, "fit", spy.fit)
+        spies.setattr(predict_mod, "infer", spy.infer)
         spies.setattr(ExamDataset, "__getitem__", lambda ds, i: spy.getitem(ds, i))  # a function, so it binds
-        summaries, preds = {}, {}
+        results, preds = {}, {}
         for fold in ("0", "1", "all"):
-            out = Outputs(*(d / f"fold_{fold}" / n for n in ("model.pt", "predictions.csv", "train.json", "curves.png")))
-            summaries[fold] = train_plane(d / "manifest.csv", d / "folds.csv", root, task="abnormal", plane="sagittal", fold=fold,
-                                          model_cfg=MODEL, train_cfg=TRAIN, seed=0, threads=1, bf16=False, outputs=out)
-            preds[fold] = out.predictions
+            out = {k: d / f"fold_{fold}" / name for k, name in OUTPUTS.items()}
+            params = from_config(
+                TrainParams, {"train": TRAIN, "task": "abnormal", "plane": "sagittal", "fold": fold, "root": str(root)}
+            )
+            results[fold] = train({"manifest": d / "manifest.csv", "folds": d / "folds.csv"}, out, params, job)
+            preds[fold] = out["predictions"]
             seen[fold] = spy.take()
-    yield {"dir": d, "uri": uri, "summaries": summaries, "preds": preds, "seen": seen}
+    summaries = {f: io.read_json(d / f"fold_{f}" / "train.json") for f in results}
+    yield {"dir": d, "root": root, "uri": uri, "results": results, "summaries": summaries, "preds": preds, "seen": seen}
     mp.undo()
 
 
 class _TrainingSpy:
     """Records, per training job, the exams the training loop really read while it ran, by loader:
     ``fit`` (the shuffled training loader, gradients) and ``monitor`` (early stopping and the best
-    checkpoint). Wraps the real ``fit`` and ``ExamDataset.__getitem__`` (threads=1: no loader workers,
-    so every read happens in this process)."""
+    checkpoint), and every run of the model through ``medflow.mrnet.predict``: the exams it scored and
+    whether it ran inside ``fit``. Wraps the real ``fit``, ``ExamDataset.__getitem__`` and
+    ``medflow.train.predict`` (threads=1: no loader workers, so every read happens in this process)."""
 
     def __init__(self):
-        self._real_fit, self._real_getitem = train_mod.fit, ExamDataset.__getitem__
-        self._reads, self._loaders, self._active = [], {}, False
+        self._real_fit, self._real_getitem, self._real_infer = train_mod.fit, ExamDataset.__getitem__, predict_mod.infer
+        self._reads, self._loaders, self._active, self._infer = [], {}, False, []
 
     def fit(self, model, optimizer, train_loader, val_loader, **kwargs):
         self._loaders = {"fit": train_loader.dataset, "monitor": val_loader.dataset}
@@ -70,11 +88,25 @@ class _TrainingSpy:
             self._reads.append((ds, ds.ids[i]))
         return self._real_getitem(ds, i)
 
-    def take(self) -> dict[str, set[str]]:
-        """{"fit", "monitor", "other"} -> exam ids read during the last fit; resets."""
+    def infer(self, model, loader, device, **kwargs):
+        out = self._real_infer(model, loader, device, **kwargs)
+        self._infer.append(
+            {
+                "in_fit": self._active,
+                "dataset": loader.dataset,
+                "ids": list(loader.dataset.ids),
+                "prob": out["prob"].copy(),
+            }
+        )
+        return out
+
+    def take(self) -> dict:
+        """{"fit", "monitor", "other"} -> exam ids read during the last fit, and "infer": the predict
+        calls of the last job; resets."""
         by = {role: {e for d, e in self._reads if d is ds} for role, ds in self._loaders.items()}
         by["other"] = {e for d, e in self._reads if all(d is not ds for ds in self._loaders.values())}
-        self._reads, self._loaders = [], {}
+        by["infer"] = [{**call, "monitor": call["dataset"] is self._loaders.get("monitor")} for call in self._infer]
+        self._reads, self._loaders, self._infer = [], {}, []
         return by
 
 
@@ -83,8 +115,8 @@ def test_training_outputs(pipeline):
     for fold, summary in pipeline["summaries"].items():
         ckpt = load_checkpoint(d / f"fold_{fold}" / "model.pt")  # weights_only
         assert ckpt["meta"]["fold"] == fold and ckpt["meta"]["image_size"] == 64
-        assert ckpt["mlflow_run_id"] == summary["mlflow_run_id"] != ""
-        assert json.loads((d / f"fold_{fold}" / "train.json").read_text())["best_epoch"] >= 1
+        assert ckpt["mlflow_run_id"] == summary["mlflow_run_id"] == pipeline["results"][fold].run_id != ""
+        assert summary["best_epoch"] == pipeline["results"][fold].best_epoch >= 1
         assert (d / f"fold_{fold}" / "curves.png").exists()
         assert not (d / f"fold_{fold}" / "model.pt.resume").exists()
         pred = pd.read_csv(pipeline["preds"][fold], dtype={"id": str})
@@ -98,7 +130,9 @@ def test_training_outputs(pipeline):
             assert set(pred["id"]) == set(folds.loc[folds["fold"] == fold, "id"])
     client = mlflow.MlflowClient(pipeline["uri"])
     run = client.get_run(pipeline["summaries"]["0"]["mlflow_run_id"])
+    assert run.info.run_name == "mrnet_train/abnormal/sagittal/fold_0"
     assert run.data.params["task"] == "abnormal" and run.data.params["train.lr"] == "0.0005"
+    assert run.data.params["model.image_size"] == "64" and "train.task" not in run.data.params
     assert run.data.tags["snakemake_rule"] == "mrnet_train"
     assert {"train_loss", "val_auc", "val_loss"} <= set(run.data.metrics)
 
@@ -108,7 +142,7 @@ def test_fold_models_never_train_or_monitor_on_the_exams_they_predict(pipeline):
     on fold f: fit and monitor sets are disjoint, together exactly the other folds' train exams, and
     disjoint from the exams the model predicts. The all-train model uses every train exam, no valid one."""
     folds = ingest.read_folds(pipeline["dir"] / "folds.csv")
-    train = folds[folds["split"] == "train"]
+    train_exams = folds[folds["split"] == "train"]
     for fold, seen in pipeline["seen"].items():
         fit, monitor = seen["fit"], seen["monitor"]
         pred = pd.read_csv(pipeline["preds"][fold], dtype={"id": str})
@@ -116,40 +150,81 @@ def test_fold_models_never_train_or_monitor_on_the_exams_they_predict(pipeline):
         assert not fit & monitor, fold
         if fold == "all":
             predicted = set(pred.loc[pred["role"] == "valid", "id"])
-            assert fit | monitor == set(train["id"])
+            assert fit | monitor == set(train_exams["id"])
         else:
             predicted = set(pred["id"])
-            assert fit | monitor == set(train.loc[train["fold"] != fold, "id"]), fold
+            assert fit | monitor == set(train_exams.loc[train_exams["fold"] != fold, "id"]), fold
         assert predicted and not (fit | monitor) & predicted, fold
         summary = pipeline["summaries"][fold]
         assert (summary["n_train"], summary["n_monitor"]) == (len(fit), len(monitor))
 
 
-def test_stacking_run_is_linked_to_the_plane_runs(pipeline):
+def test_validation_and_written_predictions_come_from_predict(pipeline):
+    """Every model output goes through medflow.mrnet.predict: the monitor AUC of each epoch inside
+    fit (the monitor exams, once per epoch) and, after fit, one run per predicted role whose
+    probabilities are the ones written; predicting again from the saved checkpoint gives them too."""
     d = pipeline["dir"]
-    out = ev.Outputs(d / "metrics.json", d / "pred.csv", d / "roc.png", d / "stacker.json")
-    run_ids = {"sagittal": {f: s["mlflow_run_id"] for f, s in pipeline["summaries"].items()}}
-    m = ev.evaluate_task("abnormal", {"sagittal": pipeline["preds"]}, d / "folds.csv", out, run_ids=run_ids)
+    manifest = ingest.read_manifest(d / "manifest.csv")
+    for fold, seen in pipeline["seen"].items():
+        calls = seen["infer"]
+        in_fit = [c for c in calls if c["in_fit"]]
+        assert len(in_fit) == pipeline["summaries"][fold]["epochs_run"] and all(c["monitor"] for c in in_fit), fold
+        after = [c for c in calls if not c["in_fit"]]
+        pred = pd.read_csv(pipeline["preds"][fold], dtype={"id": str})
+        assert [c["ids"] for c in after] == [pred.loc[pred["role"] == r, "id"].tolist() for r in pred["role"].unique()]
+        np.testing.assert_allclose(
+            np.concatenate([c["prob"] for c in after]), pred["prob"], atol=5e-7
+        )  # CSV: 6 decimals
+        model = load_model(d / f"fold_{fold}" / "model.pt")
+        first = pred[pred["role"] == pred["role"].iloc[0]]
+        again = predict_mod.predict_exams(
+            model,
+            pipeline["root"],
+            "sagittal",
+            exam_table(manifest, first["id"], "abnormal", "sagittal"),
+            size=64,
+            batch_slices=16,
+            device=select_device(1),
+            threads=1,
+            bf16=False,
+        )
+        np.testing.assert_array_equal(again, after[0]["prob"])
+
+
+def test_evaluation_run_is_linked_to_the_plane_runs(pipeline):
+    d = pipeline["dir"]
+    out = {
+        "metrics": d / "metrics.json",
+        "predictions": d / "pred.csv",
+        "roc": d / "roc.png",
+        "stacker": d / "stacker.json",
+    }
+    folds = ["0", "1", "all"]
+    inputs = {
+        "folds": d / "folds.csv",
+        "predictions": [pipeline["preds"][f] for f in folds],
+        "summaries": [d / f"fold_{f}" / "train.json" for f in folds],
+    }
+    params = from_config(
+        ev.EvaluateParams,
+        {
+            "task": "abnormal",
+            "planes": ["sagittal"],
+            "folds": folds,
+            "evaluate": {},
+            "bootstrap": {"bootstrap_samples": 200, "confidence": 0.95},
+        },
+    )
+    m = ev.evaluate(inputs, out, params, Job(seed=0, rule="mrnet_evaluate"))
     assert m["n_valid"] == 6 and 0 <= m["stacked"]["auc"] <= 1
+    assert json.loads((d / "metrics.json").read_text())["headline"]["auc"]["n"] == 6
     client = mlflow.MlflowClient(pipeline["uri"])
     exp = client.get_experiment_by_name("mrnet")
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'abnormal-stack'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'mrnet_evaluate/abnormal'")
     assert run.data.tags["training_run_id"] == pipeline["summaries"]["all"]["mlflow_run_id"]
     assert run.data.tags["training_run_id.sagittal.fold_0"] == pipeline["summaries"]["0"]["mlflow_run_id"]
-    assert "valid_auc_stacked" in run.data.metrics
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics", "plots", "stacker", "predictions"}
-
-
-def test_rank_auc_equals_scikit_learn():
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
-    from medflow.mrnet.train import rank_auc
-
-    rng = np.random.default_rng(0)
-    for n in (5, 40, 300):
-        y = rng.integers(0, 2, n)
-        y[:2] = [0, 1]
-        p = np.round(rng.random(n), 1)  # many ties
-        assert rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
-    assert np.isnan(rank_auc([1, 1], [0.2, 0.4]))
+    assert run.data.tags["snakemake_rule"] == "mrnet_evaluate"
+    assert run.data.metrics["test_auc"] == m["headline"]["auc"]["value"]
+    assert {"test_auc_sagittal", "test_accuracy_stacked", "test_stack_coef_sagittal"} <= set(run.data.metrics)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert logged == {f"evaluation/{name}" for name in ("metrics.json", "roc.png", "stacker.json", "pred.csv")}

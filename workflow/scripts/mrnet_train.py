@@ -1,19 +1,13 @@
 from medflow.jobs import start
-from medflow.mrnet.train import Outputs, train_plane
+from medflow.mrnet.train import TrainParams, train
+from medflow.params import from_config
+from medflow.train import Job
 
 log = start(snakemake)
-wc, out = snakemake.wildcards, snakemake.output
-train_plane(
-    snakemake.input.manifest,
-    snakemake.input.folds,
-    snakemake.params.root,
-    task=wc.task,
-    plane=wc.plane,
-    fold=wc.fold,
-    model_cfg=snakemake.params.train["model"],
-    train_cfg=snakemake.params.train,
-    seed=snakemake.params.seed,
-    threads=snakemake.threads,
-    bf16=snakemake.params.bf16,
-    outputs=Outputs(out.checkpoint, out.predictions, out.summary, out.curves),
+# One job per task x plane x fold (the wildcards) on the raw folder, with config mrnet.train.
+wc, p = snakemake.wildcards, snakemake.params
+params = from_config(
+    TrainParams, {"task": wc.task, "plane": wc.plane, "fold": wc.fold, "root": p.root, "train": p.train}
 )
+result = train(dict(snakemake.input.items()), dict(snakemake.output.items()), params, Job.from_snakemake(snakemake))
+log.info("best monitor score %.4f at epoch %d", result.best_score, result.best_epoch)

@@ -4,15 +4,19 @@ and packed into batches of whole exams under a slice budget.
 A batch is ``{"slices": (N, H, W) uint8, "counts": (B,) int64, "label": (B,) float32}``: the slices
 of B exams concatenated (exam by exam, in order), ``counts`` the slices of each. Grey levels stay
 uint8 until the model, which keeps loader traffic and host-to-device copies small.
+
+An exam table (``exam_table``) is what datasets and loaders are built from: one row per exam with
+``id``, ``split`` (its folder: train or valid), ``label`` (0/1 for one task) and ``slices`` (in one plane).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -29,8 +33,16 @@ class ExamDataset(Dataset):
     number of exams streams from disk.
     """
 
-    def __init__(self, root: str | os.PathLike, plane: str, ids: Sequence[str], splits: Sequence[str],
-                 labels: Sequence[int], size: int = IN_PLANE, augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        plane: str,
+        ids: Sequence[str],
+        splits: Sequence[str],
+        labels: Sequence[int],
+        size: int = IN_PLANE,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         if not (len(ids) == len(splits) == len(labels)):
             raise ValueError("ids, splits and labels must have one entry per exam")
         self.paths = [npy_path(root, s, plane, e) for e, s in zip(ids, splits)]
@@ -114,8 +126,69 @@ def collate_packed(items: Sequence[tuple[torch.Tensor, float]]) -> dict[str, tor
     }
 
 
-def packed_loader(dataset: ExamDataset, slice_counts: Sequence[int], max_slices: int, *, shuffle: bool,
-                  device: torch.device, threads: int) -> DataLoader:
+def packed_loader(
+    dataset: ExamDataset,
+    slice_counts: Sequence[int],
+    max_slices: int,
+    *,
+    shuffle: bool,
+    device: torch.device,
+    threads: int,
+) -> DataLoader:
     """A DataLoader of packed batches (workers and pinning from the rule's threads and the device)."""
-    return DataLoader(dataset, batch_sampler=PackedBatchSampler(slice_counts, max_slices, shuffle),
-                      collate_fn=collate_packed, **loader_kwargs(device, threads))
+    return DataLoader(
+        dataset,
+        batch_sampler=PackedBatchSampler(slice_counts, max_slices, shuffle),
+        collate_fn=collate_packed,
+        **loader_kwargs(device, threads),
+    )
+
+
+def exam_table(manifest: pd.DataFrame, ids: Sequence[str], task: str, plane: str) -> pd.DataFrame:
+    """Manifest rows of ``ids``, in that order -> ``id, split, label`` (of ``task``), ``slices`` (of ``plane``)."""
+    ids = list(ids)
+    df = manifest.set_index("id").loc[ids]
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "split": df["split"].values,
+            "label": df[task].astype(int).values,
+            "slices": df[f"slices_{plane}"].astype(int).values,
+        }
+    )
+
+
+def exam_dataset(
+    root: str | os.PathLike,
+    plane: str,
+    exams: pd.DataFrame,
+    size: int,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> ExamDataset:
+    """The ``plane`` series of an exam table's exams, in its row order."""
+    return ExamDataset(
+        root, plane, exams["id"].tolist(), exams["split"].tolist(), exams["label"].tolist(), size, augment
+    )
+
+
+def exam_loader(
+    root: str | os.PathLike,
+    plane: str,
+    exams: pd.DataFrame,
+    *,
+    size: int,
+    batch_slices: int,
+    shuffle: bool,
+    device: torch.device,
+    threads: int,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> DataLoader:
+    """Packed batches of an exam table's exams (``batch_slices`` slices at most, whole exams)."""
+    return packed_loader(
+        exam_dataset(root, plane, exams, size, augment),
+        exams["slices"],
+        batch_slices,
+        shuffle=shuffle,
+        device=device,
+        threads=threads,
+    )

@@ -7,37 +7,65 @@ Stacking data (``fit_on``):
 - ``in_sample`` (the MRNet tutorial): the all-train models' probabilities for their own training
   exams, which makes the plane weights optimistic; kept for comparison.
 
-Outputs: ``metrics.json`` (valid AUC, accuracy, sensitivity, specificity at 0.5 per plane and for the
-stack, via :mod:`medflow.evaluation.classification`), a predictions CSV (id, label, one probability
-per plane, stacked), one ROC PNG of the three planes and the stack, and the stacker JSON.
+Outputs: ``metrics.json`` (a ``headline`` block: valid AUC of the stack, ``auc``, and of each plane,
+``auc_<plane>``, with a bootstrap interval over the valid exams; then accuracy, sensitivity and
+specificity at 0.5 per plane and for the stack, via :mod:`medflow.evaluation.classification`), a
+predictions CSV (id, label, one probability per plane, stacked), one ROC PNG of the three planes and
+the stack, and the stacker JSON. ``summarise`` merges the tasks into one table and one headline.
+The plane models' probabilities themselves come from the training jobs (``medflow.mrnet.predict``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_roc
+from medflow.evaluation.headline import auc_metric, read_headline
 from medflow.ingest import mrnet as ingest
 from medflow.mrnet.stacking import Stacker
+from medflow.train import Job
 
 log = logging.getLogger(__name__)
 
 FIT_ON = ("out_of_fold", "in_sample")
+RULE = "mrnet_evaluate"  # run name and rule tag when called outside Snakemake
 
 
-@dataclass
-class Outputs:
-    metrics: str | os.PathLike
-    predictions: str | os.PathLike
-    roc: str | os.PathLike
-    stacker: str | os.PathLike
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``mrnet.evaluate``: the stacker's fitting set (``out_of_fold`` | ``in_sample``), its inverse L2
+    strength ``C`` and ``class_weight`` (``balanced`` | ``none``)."""
+
+    fit_on: str = "out_of_fold"
+    C: float = 1.0
+    class_weight: str = "balanced"
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """``evaluation``: resamples and coverage of the headline intervals."""
+
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """One task's evaluation: ``task`` (the rule's wildcard), the ``planes`` and training ``folds``
+    (``all`` and, out of fold, ``0..k-1``) whose files the inputs list plane by plane, fold by fold."""
+
+    task: str
+    planes: tuple[str, ...] = ingest.PLANES
+    folds: tuple[str, ...] = ("all",)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
 
 def _read_predictions(path: str | os.PathLike) -> pd.DataFrame:
@@ -59,13 +87,18 @@ def out_of_fold(fold_predictions: Mapping[str, str | os.PathLike], folds: pd.Dat
         df = df[df["role"] == "heldout"]
         expected = set(train.loc[train["fold"] == str(fold), "id"])
         if set(df["id"]) != expected or df["id"].duplicated().any():
-            raise InputError(path, f"held-out predictions do not match fold {fold} of the fold file "
-                                   f"({len(df)} rows for {len(expected)} exams): rerun its training")
+            raise InputError(
+                path,
+                f"held-out predictions do not match fold {fold} of the fold file "
+                f"({len(df)} rows for {len(expected)} exams): rerun its training",
+            )
         parts.append(df)
     oof = pd.concat(parts, ignore_index=True)
     missing = set(train["id"]) - set(oof["id"])
     if missing:
-        raise ValueError(f"no out-of-fold prediction for {len(missing)} train exams (folds given: {sorted(fold_predictions)})")
+        raise ValueError(
+            f"no out-of-fold prediction for {len(missing)} train exams (folds given: {sorted(fold_predictions)})"
+        )
     return oof[["id", "label", "prob"]]
 
 
@@ -85,93 +118,187 @@ def _table(per_plane: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         out = df if out is None else out.merge(df, on=["id", "label"], how="inner", validate="one_to_one")
     sizes = {p: len(df) for p, df in per_plane.items()}
     if len(set(sizes.values())) != 1 or len(out) != next(iter(sizes.values())):
-        raise ValueError(f"plane predictions cover different exams or disagree on labels: {sizes}, {len(out)} in common")
+        raise ValueError(
+            f"plane predictions cover different exams or disagree on labels: {sizes}, {len(out)} in common"
+        )
     return out.sort_values("id").reset_index(drop=True)
 
 
-def evaluate_task(task: str, predictions: Mapping[str, Mapping[str, str | os.PathLike]], folds_path: str | os.PathLike,
-                  outputs: Outputs, *, fit_on: str = "out_of_fold", C: float = 1.0, class_weight: str = "balanced", seed: int = 0,
-                  run_ids: Mapping[str, Mapping[str, str]] | None = None, tracking: bool = True) -> dict:
-    """``predictions``: plane -> fold (``all``, ``0``...) -> predictions CSV of that training job.
-    ``run_ids``: plane -> fold -> MLflow run id of the training, used to link the evaluation run."""
-    if fit_on not in FIT_ON:
-        raise ValueError(f"mrnet.stacking.fit_on must be one of {FIT_ON}, got {fit_on!r}")
-    folds = ingest.read_folds(folds_path)
-    planes = list(predictions)
+def _by_plane_and_fold(paths: Sequence[str | os.PathLike], planes: Sequence[str], folds: Sequence[str]) -> dict:
+    """The rule's flat list of one file per plane x fold (plane by plane) -> plane -> fold -> path."""
+    keys = [(p, f) for p in planes for f in folds]
+    if len(paths) != len(keys):
+        raise ValueError(f"expected {len(keys)} files ({len(planes)} planes x folds {list(folds)}), got {len(paths)}")
+    out: dict[str, dict[str, str | os.PathLike]] = {p: {} for p in planes}
+    for (plane, fold), path in zip(keys, paths):
+        out[plane][str(fold)] = path
+    return out
+
+
+def _run_id(summary_path: str | os.PathLike) -> str:
+    """The MLflow run id a training job's train.json records ("" when it ran without MLflow)."""
+    summary = io.read_json(summary_path)
+    if "mlflow_run_id" not in summary:
+        raise InputError(summary_path, "no mlflow_run_id: not a train.json of mrnet_train")
+    return summary["mlflow_run_id"]
+
+
+def evaluate(inputs: Mapping, outputs: Mapping[str, str | os.PathLike], params: EvaluateParams, job: Job) -> dict:
+    """Stack and evaluate one task; writes ``outputs`` and returns the metrics.
+
+    ``inputs``: ``folds`` (the fold CSV), ``predictions`` and ``summaries`` (the training jobs'
+    predictions CSVs and train.json files, plane by plane, fold by fold, as ``params.planes`` x
+    ``params.folds``). ``outputs``: ``metrics``, ``predictions``, ``roc``, ``stacker``. The headline
+    intervals resample the valid exams (``params.bootstrap``, seeded by ``job.seed``)."""
+    st = params.evaluate
+    if st.fit_on not in FIT_ON:
+        raise ValueError(f"mrnet.evaluate.fit_on must be one of {FIT_ON}, got {st.fit_on!r}")
+    if "all" not in params.folds:
+        raise ValueError(f"folds {list(params.folds)} lack 'all': the all-train models predict the valid exams")
+    task, planes = params.task, list(params.planes)
+    predictions = _by_plane_and_fold(inputs["predictions"], planes, params.folds)
+    run_ids = {
+        p: {f: _run_id(path) for f, path in by.items()}
+        for p, by in _by_plane_and_fold(inputs["summaries"], planes, params.folds).items()
+    }
+    folds = ingest.read_folds(inputs["folds"])
     valid = _table({p: _role(predictions[p]["all"], "valid") for p in planes})
-    if fit_on == "out_of_fold":
-        fit_set = _table({p: out_of_fold({f: path for f, path in predictions[p].items() if f != "all"}, folds) for p in planes})
+    if st.fit_on == "out_of_fold":
+        fit_set = _table(
+            {p: out_of_fold({f: path for f, path in predictions[p].items() if f != "all"}, folds) for p in planes}
+        )
     else:
         fit_set = _table({p: _role(predictions[p]["all"], "in_sample") for p in planes})
 
-    stacker = Stacker.fit(fit_set[planes], fit_set["label"], C=C, class_weight=class_weight, fit_on=fit_on, seed=seed)
+    stacker = Stacker.fit(
+        fit_set[planes], fit_set["label"], C=st.C, class_weight=st.class_weight, fit_on=st.fit_on, seed=job.seed
+    )
     stacker.extra = {"task": task}
     valid["stacked"] = stacker.predict_proba(valid[planes])
     curves = {p: (valid["label"], valid[p]) for p in [*planes, "stacked"]}
+    boot = {"n_boot": params.bootstrap.bootstrap_samples, "level": params.bootstrap.confidence, "seed": job.seed}
+    headline = {
+        "auc": auc_metric(valid["label"], valid["stacked"], **boot),
+        **{f"auc_{p}": auc_metric(valid["label"], valid[p], **boot) for p in planes},
+    }
     metrics = {
+        "headline": headline,
         "task": task,
         "n_valid": int(len(valid)),
         "n_valid_positive": int(valid["label"].sum()),
         "planes": {p: binary_report(valid["label"], valid[p]) for p in planes},
         "stacked": binary_report(valid["label"], valid["stacked"]),
-        "stacking": {"fit_on": fit_on, "C": C, "class_weight": class_weight, "n_fit": stacker.n_fit, "planes": planes, "coef": stacker.coef,
-                     "intercept": stacker.intercept,
-                     "fit_set_auc": {p: binary_report(fit_set["label"], fit_set[p])["auc"] for p in planes}},
+        "stacking": {
+            "fit_on": st.fit_on,
+            "C": st.C,
+            "class_weight": st.class_weight,
+            "n_fit": stacker.n_fit,
+            "planes": planes,
+            "coef": stacker.coef,
+            "intercept": stacker.intercept,
+            "fit_set_auc": {p: binary_report(fit_set["label"], fit_set[p])["auc"] for p in planes},
+        },
     }
-    stacker.save(outputs.stacker)
-    with io.atomic_path(outputs.predictions) as tmp:
+    stacker.save(outputs["stacker"])
+    with io.atomic_path(outputs["predictions"]) as tmp:
         valid[["id", "label", *planes, "stacked"]].to_csv(tmp, index=False, float_format="%.6f")
-    plot_roc(curves, outputs.roc, title=f"MRNet {task}: valid exams")
-    io.write_json(outputs.metrics, metrics)
-    log.info("%s: valid AUC %s | stacked %.3f (stacker fitted %s on %d exams, coef %s)", task,
-             ", ".join(f"{p} {metrics['planes'][p]['auc']:.3f}" for p in planes), metrics["stacked"]["auc"], fit_on,
-             stacker.n_fit, [round(c, 3) for c in stacker.coef])
-    if tracking:
-        _track(task, metrics, outputs, run_ids or {})
+    plot_roc(curves, outputs["roc"], title=f"MRNet {task}: valid exams")
+    io.write_json(outputs["metrics"], metrics)
+    log.info(
+        "%s: valid AUC %s | stacked %.3f (stacker fitted %s on %d exams, coef %s)",
+        task,
+        ", ".join(f"{p} {metrics['planes'][p]['auc']:.3f}" for p in planes),
+        metrics["stacked"]["auc"],
+        st.fit_on,
+        stacker.n_fit,
+        [round(c, 3) for c in stacker.coef],
+    )
+    if job.track:
+        _track(task, metrics, outputs, run_ids, job)
     return metrics
 
 
-def _track(task: str, metrics: dict, outputs: Outputs, run_ids: Mapping[str, Mapping[str, str]]) -> None:
-    import mlflow
-
+def _track(
+    task: str,
+    metrics: dict,
+    outputs: Mapping[str, str | os.PathLike],
+    run_ids: Mapping[str, Mapping[str, str]],
+    job: Job,
+) -> None:
     from medflow import tracking
 
     tags = {"task": task}
-    alls = [run_ids[p]["all"] for p in run_ids if run_ids[p].get("all")]
-    if alls:
-        tags["training_run_id"] = ",".join(alls)  # the models whose valid predictions are evaluated
     for plane, by_fold in run_ids.items():
         for fold, rid in by_fold.items():
             if rid:
                 tags[f"training_run_id.{plane}.fold_{fold}"] = rid
     st = metrics["stacking"]
-    params = {"task": task, "fit_on": st["fit_on"], "C": st["C"], "class_weight": st["class_weight"], "planes": ",".join(st["planes"])}
-    with tracking.run("mrnet", f"{task}-stack", params=params, tags=tags, rule="mrnet_evaluate"):
-        flat = {f"valid_{k}_{p}": v for p, rep in metrics["planes"].items() for k, v in rep.items()}
-        flat.update({f"valid_{k}_stacked": v for k, v in metrics["stacked"].items()})
-        flat.update({f"stack_coef_{p}": c for p, c in zip(st["planes"], st["coef"])})
-        mlflow.log_metrics({k: float(v) for k, v in flat.items() if v == v})  # NaN-free
-        for path, folder in ((outputs.metrics, "metrics"), (outputs.roc, "plots"), (outputs.stacker, "stacker"),
-                             (outputs.predictions, "predictions")):
-            mlflow.log_artifact(str(path), artifact_path=folder)
+    params = {
+        "task": task,
+        "fit_on": st["fit_on"],
+        "C": st["C"],
+        "class_weight": st["class_weight"],
+        "planes": ",".join(st["planes"]),
+    }
+    # The headline holds each AUC; the rest of each report, and the stacker's weights, as plain metrics.
+    extra = {
+        f"{k}_{p}": v
+        for p, rep in [*metrics["planes"].items(), ("stacked", metrics["stacked"])]
+        for k, v in rep.items()
+        if k != "auc"
+    }
+    extra.update({f"stack_coef_{p}": c for p, c in zip(st["planes"], st["coef"])})
+    tracking.log_evaluation(
+        "mrnet",
+        f"{job.rule or RULE}/{task}",
+        headline=metrics["headline"],
+        training_run_id=[
+            by["all"] for by in run_ids.values() if by.get("all")
+        ],  # the models whose valid predictions are evaluated
+        artifacts=[outputs[k] for k in ("metrics", "roc", "stacker", "predictions")],
+        params=params,
+        tags=tags,
+        rule=job.rule or RULE,
+        extra_metrics=extra,
+    )
 
 
-SUMMARY_COLUMNS = ["task", "n_valid", "n_valid_positive", "auc_axial", "auc_coronal", "auc_sagittal", "auc_stacked",
-                   "accuracy_stacked", "sensitivity_stacked", "specificity_stacked", "stacker_fit_on"]
+SUMMARY_COLUMNS = [
+    "task",
+    "n_valid",
+    "n_valid_positive",
+    "auc_axial",
+    "auc_coronal",
+    "auc_sagittal",
+    "auc_stacked",
+    "accuracy_stacked",
+    "sensitivity_stacked",
+    "specificity_stacked",
+    "stacker_fit_on",
+]
 
 
-def summarise(metrics_paths: Mapping[str, str | os.PathLike], out_csv: str | os.PathLike) -> pd.DataFrame:
-    """task -> metrics.json -> one table (a row per task), written as CSV."""
-    rows = []
+def summarise(metrics_paths: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
+    """task -> its metrics.json -> ``outputs["table"]`` (CSV, a row per task) and ``outputs["metrics"]``
+    (JSON: ``headline`` with each task's stacked valid AUC as ``<task>_auc``, copied from its headline
+    ``auc``, and ``tasks``: every task's own headline block). Returns the table."""
+    rows, headline, blocks = [], {}, {}
     for task, path in metrics_paths.items():
         m = io.read_json(path)
-        row = {"task": task, "n_valid": m["n_valid"], "n_valid_positive": m["n_valid_positive"],
-               **{f"auc_{p}": rep["auc"] for p, rep in m["planes"].items()}}
+        blocks[task] = read_headline(path)
+        headline[f"{task}_auc"] = blocks[task]["auc"]
+        row = {
+            "task": task,
+            "n_valid": m["n_valid"],
+            "n_valid_positive": m["n_valid_positive"],
+            **{f"auc_{p}": rep["auc"] for p, rep in m["planes"].items()},
+        }
         row.update({f"{k}_stacked": m["stacked"][k] for k in ("auc", "accuracy", "sensitivity", "specificity")})
         row["stacker_fit_on"] = m["stacking"]["fit_on"]
         rows.append(row)
     df = pd.DataFrame(rows)
     df = df[[c for c in SUMMARY_COLUMNS if c in df.columns]]
-    with io.atomic_path(out_csv) as tmp:
+    with io.atomic_path(outputs["table"]) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
+    io.write_json(outputs["metrics"], {"headline": headline, "tasks": blocks})
     return df

@@ -12,9 +12,16 @@ batch ``(N, H, W)`` with ``counts`` (slices per exam, summing to N); the max is 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from medflow.errors import InputError
+from medflow.train import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +29,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = 256  # AlexNet's last conv layer
 MIN_SIZE = 63  # smallest in-plane size AlexNet's features (three stride-2 pools) accept
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``mrnet.train.model``: ``weights`` ``none`` (random initialisation) or ``imagenet`` (the cached
+    torchvision AlexNet weights); ``image_size``: in-plane size in pixels the slices are resized to."""
+
+    weights: str
+    image_size: int
 
 
 def alexnet_features(weights: str = "none") -> nn.Sequential:
@@ -68,3 +84,28 @@ class MRNet(nn.Module):
     def forward(self, slices: torch.Tensor, counts: torch.Tensor | list[int]) -> torch.Tensor:
         """Packed exams: ``slices`` (N, H, W), ``counts`` (B,) -> logits (B,)."""
         return self.classifier(segment_max(self.slice_features(slices), counts)).squeeze(1)
+
+
+def build_model(params: ModelConfig) -> MRNet:
+    """A new MRNet with ``params.weights`` (random initialisation draws from torch's global generator)."""
+    return MRNet(params.weights)
+
+
+def load_model(checkpoint: Mapping[str, Any] | str | os.PathLike) -> MRNet:
+    """The trained MRNet of a checkpoint (a dict from ``medflow.train.load_checkpoint`` or its path), on the
+    CPU, in eval mode. Built without pretrained weights: the checkpoint holds every trained parameter."""
+    where = "checkpoint" if isinstance(checkpoint, Mapping) else checkpoint
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+    model = MRNet("none")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise InputError(where, f"not an MRNet checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def checkpoint_params(checkpoint: Mapping[str, Any]) -> ModelConfig:
+    """The model settings a checkpoint was trained with (its ``meta``): new exams are resized to its
+    ``image_size``."""
+    meta = checkpoint.get("meta", {})
+    return ModelConfig(weights=str(meta["weights"]), image_size=int(meta["image_size"]))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,8 +35,16 @@ class Stacker:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, X: pd.DataFrame, y: Sequence[int], *, C: float = 1.0, class_weight: str = "balanced", fit_on: str = "",
-            seed: int = 0) -> "Stacker":
+    def fit(
+        cls,
+        X: pd.DataFrame,
+        y: Sequence[int],
+        *,
+        C: float = 1.0,
+        class_weight: str = "balanced",
+        fit_on: str = "",
+        seed: int = 0,
+    ) -> Stacker:
         """``X``: one column of probabilities per plane (its column order is kept), ``y``: 0/1.
 
         ``class_weight`` ``balanced`` weighs the classes equally, as the plane models' losses do, so 0.5
@@ -50,8 +59,16 @@ class Stacker:
             raise ValueError(f"class_weight must be 'balanced' or 'none', got {class_weight!r}")
         lr = LogisticRegression(C=C, class_weight=None if class_weight == "none" else "balanced", random_state=seed)
         lr.fit(X.to_numpy(dtype=float), y)
-        return cls(list(X.columns), lr.coef_[0].tolist(), float(lr.intercept_[0]), fit_on, float(C), class_weight, len(y),
-                   int(y.sum()))
+        return cls(
+            list(X.columns),
+            lr.coef_[0].tolist(),
+            float(lr.intercept_[0]),
+            fit_on,
+            float(C),
+            class_weight,
+            len(y),
+            int(y.sum()),
+        )
 
     def decision(self, X: pd.DataFrame) -> np.ndarray:
         return X[self.planes].to_numpy(dtype=float) @ np.asarray(self.coef) + self.intercept
@@ -64,7 +81,7 @@ class Stacker:
         io.write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Stacker":
+    def load(cls, path: str | os.PathLike) -> Stacker:
         path = Path(path)
         try:
             data = json.loads(path.read_text())

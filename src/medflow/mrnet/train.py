@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,33 +27,60 @@ from torch.nn import functional as F
 
 from medflow import io
 from medflow.ingest import mrnet as ingest
-from medflow.mrnet.augment import ExamAugmentation
-from medflow.mrnet.data import ExamDataset, packed_loader
-from medflow.mrnet.model import MRNet
+from medflow.mrnet.augment import AugmentConfig, ExamAugmentation
+from medflow.mrnet.data import exam_loader, exam_table
+from medflow.mrnet.metrics import rank_auc
+from medflow.mrnet.model import ModelConfig, build_model, load_model
+from medflow.mrnet.predict import predict_exams, score_exams
 from medflow.tracking import current_uri
-from medflow.train import FitConfig, Tracking, autocast, fit, load_checkpoint, seed_everything, select_device, to_device
+from medflow.train import FitResult, Job, fit, fit_config, seed_everything, select_device, tracking
 from medflow.train.loop import plot_history
 
 log = logging.getLogger(__name__)
 
+RULE = "mrnet_train"  # run name and rule tag when called outside Snakemake
 # The monitor is AUC with ties broken by the lower loss: AUC over a few dozen exams often ties (or
 # sits at 1.0) while the model still improves. 1e-6 x loss is far below one step of AUC,
 # 1 / (positives x negatives), for any monitor set under 100,000 exam pairs.
 TIE_BREAK = 1e-6
 
 
-@dataclass
-class Outputs:
-    checkpoint: str | os.PathLike
-    predictions: str | os.PathLike  # CSV: id, role (heldout/valid/in_sample), label, prob
-    summary: str | os.PathLike  # JSON: MLflow run id, best epoch and monitor AUC, exam counts, speed
-    curves: str | os.PathLike  # PNG: loss and monitor AUC per epoch
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """ReduceLROnPlateau on the monitor AUC: multiply the learning rate by ``factor`` after ``patience``
+    epochs without a better AUC."""
+
+    factor: float
+    patience: int
 
 
-def _exams(manifest: pd.DataFrame, ids: list[str], task: str, plane: str) -> pd.DataFrame:
-    df = manifest.set_index("id").loc[ids]
-    return pd.DataFrame({"id": ids, "split": df["split"].values, "label": df[task].astype(int).values,
-                         "slices": df[f"slices_{plane}"].astype(int).values})
+@dataclass(frozen=True)
+class TrainConfig:
+    """Config ``mrnet.train``: the model, ``batch_slices`` (slices per packed batch of whole exams), Adam's
+    ``lr`` and ``weight_decay``, early-stopping ``patience`` (epochs), the plateau ``scheduler``,
+    ``val_fraction`` (share of the training exams that monitors AUC) and ``augment`` (None: none)."""
+
+    model: ModelConfig
+    epochs: int
+    batch_slices: int
+    lr: float
+    weight_decay: float
+    patience: int
+    scheduler: SchedulerConfig
+    val_fraction: float
+    augment: AugmentConfig | None = None
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """One training job: the rule's wildcards ``task``, ``plane`` and ``fold`` (``all`` or a fold number),
+    ``root`` (the MRNet-v1.0 folder) and config ``mrnet.train``."""
+
+    task: str
+    plane: str
+    fold: str
+    root: str
+    train: TrainConfig
 
 
 def monitor_split(exams: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -71,121 +99,165 @@ def monitor_split(exams: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.D
     return exams[~is_mon].reset_index(drop=True), exams[is_mon].reset_index(drop=True)
 
 
-def rank_auc(y, p) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count one half): the value scikit-learn's
-    roc_auc_score gives, without importing scikit-learn into every training job (about 1 s each).
-    NaN when only one class is present."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(np.asarray(p, dtype=float), return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct value
-    return float((avg_rank[inverse][y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+def validate(model, loader, device: torch.device, *, pos_weight: torch.Tensor, bf16: bool) -> dict[str, float]:
+    """Monitor metrics over the loader's exams: ``auc``, ``loss`` (weighted BCE per exam) and ``score``
+    (the AUC, ties broken by the lower loss), from ``medflow.mrnet.predict``."""
+
+    def loss_sum(logits, label):
+        return F.binary_cross_entropy_with_logits(logits, label, pos_weight=pos_weight, reduction="sum")
+
+    out = score_exams(model, loader, device, bf16=bf16, loss=loss_sum)
+    auc = rank_auc(out["label"], out["prob"])
+    loss = 0.0
+    for batch_loss in out["loss"]:  # in batch order, in double precision
+        loss += float(batch_loss)
+    loss /= max(len(out["label"]), 1)
+    return {"auc": auc, "loss": loss, "score": auc - TIE_BREAK * loss}
 
 
-def _dataset(root, plane, exams: pd.DataFrame, size: int, augment=None) -> ExamDataset:
-    return ExamDataset(root, plane, exams["id"].tolist(), exams["split"].tolist(), exams["label"].tolist(), size, augment)
-
-
-def predict(model: MRNet, loader, device: torch.device, bf16: bool = True) -> np.ndarray:
-    """Probabilities (B,) for the loader's exams, in order."""
-    model.eval()
-    out = []
-    with torch.no_grad(), autocast(device, bf16):
-        for batch in loader:
-            batch = to_device(batch, device)
-            out.append(torch.sigmoid(model(batch["slices"], batch["counts"]).float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
-
-
-def train_plane(manifest_path, folds_path, raw_root, *, task: str, plane: str, fold: str, model_cfg: Mapping[str, Any],
-                train_cfg: Mapping[str, Any], seed: int, threads: int, bf16: bool, outputs: Outputs,
-                tracking: bool = True) -> dict[str, Any]:
-    """Train and predict; writes ``outputs`` and returns the summary. ``model_cfg``: weights, image_size;
-    ``train_cfg``: epochs, batch_slices, lr, weight_decay, patience, scheduler {factor, patience},
-    val_fraction, augment {rotation_deg, shift_px, hflip_p} (empty: none)."""
-    manifest = ingest.read_manifest(manifest_path)
-    folds = ingest.read_folds(folds_path)
-    train_ids, predict_ids = ingest.fold_ids(folds, str(fold))
-    fit_df, mon_df = monitor_split(_exams(manifest, train_ids, task, plane), float(train_cfg["val_fraction"]), seed)
+def train(
+    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: TrainParams, job: Job
+) -> FitResult:
+    """Train and predict. ``inputs``: ``manifest``, ``folds`` (``mrnet_ingest``'s CSVs). ``outputs``:
+    ``checkpoint``, ``predictions`` (CSV: id, role (heldout/valid/in_sample), label, prob), ``summary``
+    (JSON: MLflow run id, best epoch and monitor AUC, exam counts, speed), ``curves`` (PNG: loss and
+    monitor AUC per epoch)."""
+    task, plane, fold, cfg = params.task, params.plane, str(params.fold), params.train
+    manifest = ingest.read_manifest(inputs["manifest"])
+    folds = ingest.read_folds(inputs["folds"])
+    train_ids, predict_ids = ingest.fold_ids(folds, fold)
+    fit_df, mon_df = monitor_split(exam_table(manifest, train_ids, task, plane), float(cfg.val_fraction), job.seed)
     n_pos = int(fit_df["label"].sum())
     n_neg = len(fit_df) - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"{task}/{plane}/fold {fold}: the training exams hold only one class ({n_pos} positive of {len(fit_df)})")
+        raise ValueError(
+            f"{task}/{plane}/fold {fold}: the training exams hold only one class ({n_pos} positive of {len(fit_df)})"
+        )
     pos_weight = n_neg / n_pos
-    log.info("%s %s fold %s: %d training exams (%d positive), %d monitor exams, pos_weight %.2f",
-             task, plane, fold, len(fit_df), n_pos, len(mon_df), pos_weight)
+    log.info(
+        "%s %s fold %s: %d training exams (%d positive), %d monitor exams, pos_weight %.2f",
+        task,
+        plane,
+        fold,
+        len(fit_df),
+        n_pos,
+        len(mon_df),
+        pos_weight,
+    )
 
-    device = select_device(threads)
-    size = int(model_cfg["image_size"])
-    batch_slices = int(train_cfg["batch_slices"])
-    train_loader = packed_loader(_dataset(raw_root, plane, fit_df, size, ExamAugmentation.from_config(train_cfg.get("augment"))),
-                                 fit_df["slices"], batch_slices, shuffle=True, device=device, threads=threads)
-    mon_loader = packed_loader(_dataset(raw_root, plane, mon_df, size), mon_df["slices"], batch_slices, shuffle=False,
-                               device=device, threads=threads)
+    device = select_device(job.threads)
+    size, batch_slices = int(cfg.model.image_size), int(cfg.batch_slices)
+    loaders = {"size": size, "batch_slices": batch_slices, "device": device, "threads": job.threads}
+    train_loader = exam_loader(
+        params.root, plane, fit_df, shuffle=True, augment=ExamAugmentation.from_params(cfg.augment), **loaders
+    )
+    mon_loader = exam_loader(params.root, plane, mon_df, shuffle=False, **loaders)
 
-    seed_everything(seed)  # the same initial weights on every run
-    model = MRNet(model_cfg["weights"])
+    seed_everything(job.seed)  # the same initial weights on every run
+    model = build_model(cfg.model)
     # fused: one kernel for all parameters (CPU and CUDA); the per-tensor loop costs more than a small batch's backward
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(train_cfg["lr"]), weight_decay=float(train_cfg["weight_decay"]), fused=True)
-    sched_cfg = train_cfg["scheduler"]
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=float(sched_cfg["factor"]),
-                                                           patience=int(sched_cfg["patience"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), fused=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=float(cfg.scheduler.factor), patience=int(cfg.scheduler.patience)
+    )
     pw = torch.tensor(pos_weight, device=device)
 
     def train_step(m, batch):
-        return F.binary_cross_entropy_with_logits(m(batch["slices"], batch["counts"]).float(), batch["label"], pos_weight=pw)
+        return F.binary_cross_entropy_with_logits(
+            m(batch["slices"], batch["counts"]).float(), batch["label"], pos_weight=pw
+        )
 
     def evaluate(m, loader):
-        probs, labels, loss = [], [], 0.0
-        for batch in loader:
-            batch = to_device(batch, device)
-            logits = m(batch["slices"], batch["counts"]).float()
-            loss += float(F.binary_cross_entropy_with_logits(logits, batch["label"], pos_weight=pw, reduction="sum"))
-            probs.append(torch.sigmoid(logits).cpu())
-            labels.append(batch["label"].cpu())
-        y, p = torch.cat(labels).numpy(), torch.cat(probs).numpy()
-        auc = rank_auc(y, p)
-        loss /= max(len(y), 1)
-        return {"auc": auc, "loss": loss, "score": auc - TIE_BREAK * loss}
+        return validate(m, loader, device, pos_weight=pw, bf16=job.bf16)
 
-    params = {"task": task, "plane": plane, "fold": str(fold), "seed": seed, "model": dict(model_cfg), "train": dict(train_cfg),
-              "n_train": len(fit_df), "n_train_positive": n_pos, "n_monitor": len(mon_df), "pos_weight": round(pos_weight, 4)}
-    track = Tracking("mrnet", f"{task}-{plane}-fold_{fold}", params=params, rule="mrnet_train",
-                     tags={"task": task, "plane": plane, "fold": str(fold)}) if tracking else None
-    cfg = FitConfig(epochs=int(train_cfg["epochs"]), monitor="val_score", mode="max", patience=int(train_cfg["patience"]),
-                    seed=seed, bf16=bf16)
+    run_params = {
+        "task": task,
+        "plane": plane,
+        "fold": fold,
+        "seed": job.seed,
+        "model": dataclasses.asdict(cfg.model),
+        "train": dataclasses.asdict(cfg),
+        "n_train": len(fit_df),
+        "n_train_positive": n_pos,
+        "n_monitor": len(mon_df),
+        "pos_weight": round(pos_weight, 4),
+    }
+    track = tracking(
+        job,
+        "mrnet",
+        f"{job.rule or RULE}/{task}/{plane}/fold_{fold}",
+        run_params,
+        tags={"task": task, "plane": plane, "fold": fold},
+    )
     start = time.perf_counter()
-    result = fit(model, optimizer, train_loader, mon_loader, train_step=train_step, evaluate=evaluate, cfg=cfg, device=device,
-                 checkpoint_path=outputs.checkpoint, scheduler=scheduler, tracking=track,
-                 checkpoint_meta={"task": task, "plane": plane, "fold": str(fold), "weights": model_cfg["weights"], "image_size": size},
-                 fingerprint=params)
+    result = fit(
+        model,
+        optimizer,
+        train_loader,
+        mon_loader,
+        train_step=train_step,
+        evaluate=evaluate,
+        cfg=fit_config(cfg, monitor="val_score", mode="max", job=job),
+        device=device,
+        checkpoint_path=outputs["checkpoint"],
+        scheduler=scheduler,
+        tracking=track,
+        checkpoint_meta={
+            "task": task,
+            "plane": plane,
+            "fold": fold,
+            "weights": cfg.model.weights,
+            "image_size": size,
+        },
+        fingerprint=run_params,
+    )
     seconds = time.perf_counter() - start
     epochs_run = len(result.history)
-    plot_history(result.history, outputs.curves, "val_auc")  # the AUC itself, not the tie-broken score
+    plot_history(result.history, outputs["curves"], "val_auc")  # the AUC itself, not the tie-broken score
     if result.run_id:
         import mlflow
 
-        mlflow.MlflowClient(tracking_uri=current_uri()).log_artifact(result.run_id, str(outputs.curves), "plots")
+        mlflow.MlflowClient(tracking_uri=current_uri()).log_artifact(result.run_id, str(outputs["curves"]), "plots")
 
-    model.load_state_dict(load_checkpoint(outputs.checkpoint)["state_dict"])
+    best_model = load_model(outputs["checkpoint"])
     rows = []
     for role, ids in predict_ids.items():
-        exams = _exams(manifest, ids, task, plane)
-        loader = packed_loader(_dataset(raw_root, plane, exams, size), exams["slices"], batch_slices, shuffle=False,
-                               device=device, threads=threads)
-        rows.append(exams[["id", "label"]].assign(role=role, prob=predict(model, loader, device, bf16)))
+        exams = exam_table(manifest, ids, task, plane)
+        prob = predict_exams(
+            best_model,
+            params.root,
+            plane,
+            exams,
+            size=size,
+            batch_slices=batch_slices,
+            device=device,
+            threads=job.threads,
+            bf16=job.bf16,
+        )
+        rows.append(exams[["id", "label"]].assign(role=role, prob=prob))
     pred = pd.concat(rows, ignore_index=True)[["id", "role", "label", "prob"]]
-    with io.atomic_path(outputs.predictions) as tmp:
+    with io.atomic_path(outputs["predictions"]) as tmp:
         pred.to_csv(tmp, index=False, float_format="%.6f")
 
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    summary = {"task": task, "plane": plane, "fold": str(fold), "mlflow_run_id": result.run_id or "",
-               "best_epoch": result.best_epoch, "best_val_auc": best.get("val_auc", math.nan), "best_val_loss": best.get("val_loss", math.nan),
-               "epochs_run": epochs_run, "stopped_early": result.stopped_early, "n_train": len(fit_df), "n_monitor": len(mon_df),
-               "predicted": {r: len(i) for r, i in predict_ids.items()}, "fit_seconds": round(seconds, 2),
-               "train_slices_per_s": round(epochs_run * int(fit_df["slices"].sum()) / seconds, 1) if seconds > 0 else math.nan}
-    io.write_json(outputs.summary, summary)
-    log.info("best val_auc %.4f at epoch %d; %d predictions written", summary["best_val_auc"], result.best_epoch, len(pred))
-    return summary
+    summary = {
+        "task": task,
+        "plane": plane,
+        "fold": fold,
+        "mlflow_run_id": result.run_id or "",
+        "best_epoch": result.best_epoch,
+        "best_val_auc": best.get("val_auc", math.nan),
+        "best_val_loss": best.get("val_loss", math.nan),
+        "epochs_run": epochs_run,
+        "stopped_early": result.stopped_early,
+        "n_train": len(fit_df),
+        "n_monitor": len(mon_df),
+        "predicted": {r: len(i) for r, i in predict_ids.items()},
+        "fit_seconds": round(seconds, 2),
+        "train_slices_per_s": round(epochs_run * int(fit_df["slices"].sum()) / seconds, 1) if seconds > 0 else math.nan,
+    }
+    io.write_json(outputs["summary"], summary)
+    log.info(
+        "best val_auc %.4f at epoch %d; %d predictions written", summary["best_val_auc"], result.best_epoch, len(pred)
+    )
+    return result
