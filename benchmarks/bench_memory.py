@@ -71,19 +71,33 @@ def main():
         write_nifti(seg, affine, work / "case_seg.nii")
         kept = kept_range(np.any([signal_per_slice(v) for v in images.values()], axis=0))
         del images
-        (work / "job.json").write_text(json.dumps({
-            "case": "BraTS20_Training_001", "modalities": mods, "seg": str(work / "case_seg.nii"), "kept": list(kept),
-            "stack": {"chunk_zyx": [16, 64, 64], "compression": "gzip", "compression_level": 4},
-            "patches": {"patch_size": args.patch, "n_patches": args.n, "background_threshold": args.threshold,
-                        "compression": "lzf"}}))
+        (work / "job.json").write_text(
+            json.dumps(
+                {
+                    "case": "BraTS20_Training_001",
+                    "modalities": mods,
+                    "seg": str(work / "case_seg.nii"),
+                    "kept": list(kept),
+                    "stack": {"chunk_zyx": [16, 64, 64], "compression": "gzip", "compression_level": 4},
+                    "patches": {
+                        "patch_size": args.patch,
+                        "n_patches": args.n,
+                        "background_threshold": args.threshold,
+                        "compression": "lzf",
+                    },
+                }
+            )
+        )
         imports = peak_mb("imports", work)
         stack = peak_mb("stack", work)
         patches = peak_mb("patches", work)
         size = (work / "stack.h5").stat().st_size / 2**20
         shape = nib.load(mods["t1"]).shape
     print(f"volume {shape} (X, Y, Z), kept slices {list(kept)}; stack file {size:.0f} MiB (gzip)")
-    print(f"peak RSS: imports only {imports:.0f} MiB | brats_stack job {stack:.0f} MiB | "
-          f"brats_patches job ({args.n} patches of {tuple(args.patch)}) {patches:.0f} MiB (target < 2048 MiB each)")
+    print(
+        f"peak RSS: imports only {imports:.0f} MiB | brats_stack job {stack:.0f} MiB | "
+        f"brats_patches job ({args.n} patches of {tuple(args.patch)}) {patches:.0f} MiB (target < 2048 MiB each)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import os
 import statistics
 import time
 
-import medflow  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads, as in the workflow's jobs)
 import torch
 from torch.nn import functional as F
 
+import medflow  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads, as in the workflow's jobs)
 from medflow.mrnet.data import PackedBatchSampler, collate_packed  # noqa: E402
 from medflow.mrnet.model import MRNet  # noqa: E402
 
@@ -27,14 +27,19 @@ from medflow.mrnet.model import MRNet  # noqa: E402
 def make_exams(n: int, lo: int, hi: int, size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     counts = torch.randint(lo, hi + 1, (n,), generator=g).tolist()
-    return [(torch.randint(0, 256, (c, size, size), dtype=torch.uint8, generator=g), float(i % 4 == 0)) for i, c in enumerate(counts)]
+    return [
+        (torch.randint(0, 256, (c, size, size), dtype=torch.uint8, generator=g), float(i % 4 == 0))
+        for i, c in enumerate(counts)
+    ]
 
 
 def one_exam_steps(model, opt, exams, device):
     for x, y in exams:
         x, y = x.to(device), torch.tensor([y], device=device)
         opt.zero_grad(set_to_none=True)
-        F.binary_cross_entropy_with_logits(model(x, [len(x)]), y, pos_weight=torch.tensor(3.0, device=device)).backward()
+        F.binary_cross_entropy_with_logits(
+            model(x, [len(x)]), y, pos_weight=torch.tensor(3.0, device=device)
+        ).backward()
         opt.step()
 
 
@@ -42,7 +47,9 @@ def packed_steps(model, opt, batches, device):
     for b in batches:
         opt.zero_grad(set_to_none=True)
         logits = model(b["slices"].to(device), b["counts"])
-        F.binary_cross_entropy_with_logits(logits, b["label"].to(device), pos_weight=torch.tensor(3.0, device=device)).backward()
+        F.binary_cross_entropy_with_logits(
+            logits, b["label"].to(device), pos_weight=torch.tensor(3.0, device=device)
+        ).backward()
         opt.step()
 
 
@@ -64,7 +71,10 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=True)  # as in medflow.mrnet.train
     exams = make_exams(a.exams, a.slices[0], a.slices[1], a.size)
     n_slices = sum(len(x) for x, _ in exams)
-    batches = [collate_packed([exams[i] for i in idx]) for idx in PackedBatchSampler([len(x) for x, _ in exams], a.batch_slices)]
+    batches = [
+        collate_packed([exams[i] for i in idx])
+        for idx in PackedBatchSampler([len(x) for x, _ in exams], a.batch_slices)
+    ]
 
     def timed(fn, *args):
         if device.type == "cuda":
@@ -82,8 +92,12 @@ def main() -> None:
         rates["one exam per step"].append(timed(one_exam_steps, exams))
         rates[f"packed (<= {a.batch_slices} slices/step)"].append(timed(packed_steps, batches))
 
-    print(f"MRNet training throughput on {device} ({a.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}): {a.exams} exams, {n_slices} slices "
-          f"({a.slices[0]}-{a.slices[1]} per exam), {a.size}x{a.size} px, {len(batches)} packed steps, best of {a.rounds} rounds")
+    print(
+        f"MRNet training throughput on {device} ({a.threads} threads, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}): {a.exams} exams, {n_slices} slices "
+        f"({a.slices[0]}-{a.slices[1]} per exam), {a.size}x{a.size} px, {len(batches)} packed steps, "
+        f"best of {a.rounds} rounds"
+    )
     for name, r in rates.items():
         print(f"  {name:32s} {max(r):8.1f} slices/s   (median {statistics.median(r):.1f})")
     base, packed = (max(r) for r in rates.values())

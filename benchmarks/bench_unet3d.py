@@ -85,17 +85,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch threads on the CPU; loader workers = threads - 1")
     ap.add_argument("--device", choices=["auto", "cpu"], default="auto")
-    ap.add_argument("--inference", action="store_true",
-                    help="also time sliding-window inference over a real-size volume")
+    ap.add_argument(
+        "--inference", action="store_true", help="also time sliding-window inference over a real-size volume"
+    )
     ap.add_argument("--overlap", type=float, default=0.5, help="window overlap of the inference timing")
     args = ap.parse_args()
     p = PRESETS[args.preset]
     device = select_device(args.threads, prefer=args.device)
     bs, patch = p["batch_size"], p["patch"]
     params = UNetParams(depth=p["depth"], base_filters=p["base_filters"])
-    print(f"device {device} | preset {args.preset}: depth {p['depth']}, base filters {p['base_filters']}, "
-          f"patch {patch} (Z, Y, X), batch {bs}, {args.steps} timed steps, threads {args.threads}, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    print(
+        f"device {device} | preset {args.preset}: depth {p['depth']}, base filters {p['base_filters']}, "
+        f"patch {patch} (Z, Y, X), batch {bs}, {args.steps} timed steps, threads {args.threads}, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    )
 
     def model(channels_last=True):
         torch.manual_seed(0)
@@ -106,8 +109,10 @@ def main() -> None:
         write_patches(path, bs * (args.steps + 1), patch)
         ds = PatchDataset([path])
         memory = [tuple(t.to(device) for t in b) for b in DataLoader(ds, batch_size=bs)]
-        rows = [("in-memory, contiguous (baseline)", train_rate(model(False), memory, device, bf16=False)),
-                ("in-memory, channels-last", train_rate(model(), memory, device, bf16=False))]
+        rows = [
+            ("in-memory, contiguous (baseline)", train_rate(model(False), memory, device, bf16=False)),
+            ("in-memory, channels-last", train_rate(model(), memory, device, bf16=False)),
+        ]
         loader = DataLoader(ds, batch_size=bs, shuffle=True, **loader_kwargs(device, args.threads))
         rows.append(("streamed from HDF5, channels-last", train_rate(model(), loader, device, bf16=False)))
         if device.type == "cuda":
@@ -125,8 +130,10 @@ def main() -> None:
         sliding_window(m, volume, patch, overlap=args.overlap, batch_size=bs, device=device, bf16=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        print(f"sliding-window inference, one 4x155x240x240 volume, overlap {args.overlap}: "
-              f"{time.perf_counter() - start:.1f} s")
+        print(
+            f"sliding-window inference, one 4x155x240x240 volume, overlap {args.overlap}: "
+            f"{time.perf_counter() - start:.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -35,15 +35,15 @@ rule brats_ingest:
     output:
         split=BRATS_SPLIT,
         manifest=BRATS_MANIFEST,
+    log:
+        f"{LOGS}/brats_ingest.log",
+    conda:
+        "../envs/medflow.yaml"
     params:
         raw=lambda wc: raw_dir("brats"),
         cases=lambda wc: brats_cases(),
         fractions=config["brats"]["ingest"]["split"],
         seed=config["seed"],
-    log:
-        f"{LOGS}/brats_ingest.log",
-    conda:
-        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/brats_ingest.py"
 
@@ -54,12 +54,12 @@ rule brats_validate:
         unpack(lambda wc: brats_raw(wc.case)),
     output:
         BRATS_VALID,
-    params:
-        raw=lambda wc: raw_dir("brats"),
     log:
         f"{LOGS}/brats_validate/{{case}}.log",
     conda:
         "../envs/medflow.yaml"
+    params:
+        raw=lambda wc: raw_dir("brats"),
     script:
         "../workflow/scripts/brats_validate.py"
 
@@ -73,15 +73,15 @@ if config["brats"]["n4"]["per_modality"]:
             images=lambda wc: brats_raw(wc.case).get(wc.modality, []),
         output:
             BRATS_N4,
-        params:
-            n4=BRATS_N4_PARAMS,
-        threads: config["brats"]["n4"]["threads"]
         log:
             f"{LOGS}/brats_n4/{{case}}_{{modality}}.log",
         benchmark:
             f"{BENCH}/brats_n4/{{case}}_{{modality}}.tsv"
         conda:
             "../envs/medflow.yaml"
+        threads: config["brats"]["n4"]["threads"]
+        params:
+            n4=BRATS_N4_PARAMS,
         script:
             "../workflow/scripts/brats_n4.py"
 
@@ -94,15 +94,15 @@ else:
             images=lambda wc: [p for m, p in brats_raw(wc.case).items() if m in BRATS_MODALITIES],
         output:
             BRATS_N4_CASE,
-        params:
-            n4=BRATS_N4_PARAMS,
-        threads: config["brats"]["n4"]["threads"]
         log:
             f"{LOGS}/brats_n4/{{case}}.log",
         benchmark:
             f"{BENCH}/brats_n4/{{case}}.tsv"
         conda:
             "../envs/medflow.yaml"
+        threads: config["brats"]["n4"]["threads"]
+        params:
+            n4=BRATS_N4_PARAMS,
         script:
             "../workflow/scripts/brats_n4.py"
 
@@ -114,12 +114,12 @@ rule brats_trim:
         seg=lambda wc: brats_raw(wc.case).get("seg", []),
     output:
         BRATS_TRIM,
-    params:
-        margin=config["brats"]["trim"]["margin"],
     log:
         f"{LOGS}/brats_trim/{{case}}.log",
     conda:
         "../envs/medflow.yaml"
+    params:
+        margin=config["brats"]["trim"]["margin"],
     script:
         "../workflow/scripts/brats_trim.py"
 
@@ -133,14 +133,14 @@ rule brats_stack:
         valid=BRATS_VALID,
     output:
         BRATS_STACK,
-    params:
-        stack=config["brats"]["stack"],
     log:
         f"{LOGS}/brats_stack/{{case}}.log",
     benchmark:
         f"{BENCH}/brats_stack/{{case}}.tsv"
     conda:
         "../envs/medflow.yaml"
+    params:
+        stack=config["brats"]["stack"],
     script:
         "../workflow/scripts/brats_stack.py"
 
@@ -151,15 +151,15 @@ rule brats_patches:
         BRATS_STACK,
     output:
         BRATS_PATCHES,
-    params:
-        patches=config["brats"]["patches"],
-        seed=config["seed"],
     log:
         f"{LOGS}/brats_patches/{{case}}.log",
     benchmark:
         f"{BENCH}/brats_patches/{{case}}.tsv"
     conda:
         "../envs/medflow.yaml"
+    params:
+        patches=config["brats"]["patches"],
+        seed=config["seed"],
     script:
         "../workflow/scripts/brats_patches.py"
 

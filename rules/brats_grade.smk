@@ -12,14 +12,14 @@ rule brats_grade_slices:
         split=BRATS_SPLIT,
     output:
         f"{BRATS_GRADE}/slices/slices.h5",
-    params:
-        slices=BRATS_GRADE_CFG["slices"],
     log:
         f"{LOGS}/brats_grade_slices.log",
     benchmark:
         f"{BENCH}/brats_grade_slices.tsv"
     conda:
         "../envs/medflow.yaml"
+    params:
+        slices=BRATS_GRADE_CFG["slices"],
     script:
         "../workflow/scripts/brats_grade_slices.py"
 
@@ -36,20 +36,20 @@ rule brats_grade_train:
             category="brats_grade",
             labels={"figure": "training curves"},
         ),
-    params:
-        train=BRATS_GRADE_CFG["train"],
-        aggregate=BRATS_GRADE_CFG["aggregate"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/brats_grade_train.log",
     benchmark:
         f"{BENCH}/brats_grade_train.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        train=BRATS_GRADE_CFG["train"],
+        aggregate=BRATS_GRADE_CFG["aggregate"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/brats_grade_train.py"
 
@@ -79,21 +79,21 @@ rule brats_grade_evaluate:
             category="brats_grade",
             labels={"figure": "confusion matrix (test patients)"},
         ),
-    params:
-        aggregate=BRATS_GRADE_CFG["aggregate"],
-        evaluate=BRATS_GRADE_CFG["evaluate"],
-        bootstrap=config["evaluation"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/brats_grade_evaluate.log",
     benchmark:
         f"{BENCH}/brats_grade_evaluate.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        aggregate=BRATS_GRADE_CFG["aggregate"],
+        evaluate=BRATS_GRADE_CFG["evaluate"],
+        bootstrap=config["evaluation"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/brats_grade_evaluate.py"
 

@@ -20,19 +20,19 @@ rule brats_segmentation_train:
             category="brats_segmentation",
             labels={"figure": "training curves"},
         ),
-    params:
-        train=BRATS_SEGMENTATION_CFG["train"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/brats_segmentation_train.log",
     benchmark:
         f"{BENCH}/brats_segmentation_train.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        train=BRATS_SEGMENTATION_CFG["train"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/brats_segmentation_train.py"
 
@@ -58,20 +58,20 @@ rule brats_segmentation_evaluate:
             category="brats_segmentation",
             labels={"figure": "overlay", "case": "{case}"},
         ),
-    params:
-        evaluate=BRATS_SEGMENTATION_CFG["evaluate"],
-        bootstrap=config["evaluation"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/brats_segmentation_evaluate.log",
     benchmark:
         f"{BENCH}/brats_segmentation_evaluate.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        evaluate=BRATS_SEGMENTATION_CFG["evaluate"],
+        bootstrap=config["evaluation"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/brats_segmentation_evaluate.py"
 

@@ -20,13 +20,13 @@ rule mrnet_ingest:
     output:
         manifest=f"{MRNET}/ingest/manifest.csv",
         folds=f"{MRNET}/ingest/folds.csv",
-    params:
-        ingest=MRNET_CFG["ingest"],
-        seed=config["seed"],
     log:
         f"{LOGS}/mrnet_ingest.log",
     conda:
         "../envs/medflow.yaml"
+    params:
+        ingest=MRNET_CFG["ingest"],
+        seed=config["seed"],
     script:
         "../workflow/scripts/mrnet_ingest.py"
 
@@ -42,20 +42,20 @@ rule mrnet_train:
         predictions=f"{MRNET_TRAIN}/predictions.csv",
         summary=f"{MRNET_TRAIN}/train.json",
         curves=f"{MRNET_TRAIN}/curves.png",
-    params:
-        root=raw_dir("mrnet"),
-        train=MRNET_CFG["train"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/mrnet_train/{{task}}_{{plane}}_{{fold}}.log",
     benchmark:
         f"{BENCH}/mrnet_train/{{task}}_{{plane}}_{{fold}}.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        root=raw_dir("mrnet"),
+        train=MRNET_CFG["train"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/mrnet_train.py"
 
@@ -65,9 +65,7 @@ rule mrnet_evaluate:
     input:
         folds=rules.mrnet_ingest.output.folds,
         # plane by plane, fold by fold: the order the script reads them in
-        predictions=expand(
-            f"{MRNET_TRAIN}/predictions.csv", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True
-        ),
+        predictions=expand(f"{MRNET_TRAIN}/predictions.csv", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
         summaries=expand(f"{MRNET_TRAIN}/train.json", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
         store=ancient(MLFLOW_STORE),
     output:
@@ -80,16 +78,16 @@ rule mrnet_evaluate:
             labels={"task": "{task}", "figure": "ROC"},
         ),
         stacker=f"{MRNET_EVALUATE}/stacker.json",
+    log:
+        f"{LOGS}/mrnet_evaluate/{{task}}.log",
+    conda:
+        "../envs/medflow.yaml"
     params:
         planes=MRNET_PLANES,
         folds=MRNET_FOLDS,
         evaluate=MRNET_CFG["evaluate"],
         bootstrap=config["evaluation"],
         seed=config["seed"],
-    log:
-        f"{LOGS}/mrnet_evaluate/{{task}}.log",
-    conda:
-        "../envs/medflow.yaml"
     script:
         "../workflow/scripts/mrnet_evaluate.py"
 
@@ -102,12 +100,12 @@ rule mrnet_summary:
     output:
         table=report(f"{MRNET}/summary/summary.csv", category="mrnet", labels={"table": "valid AUC per task"}),
         metrics=f"{MRNET}/summary/metrics.json",
-    params:
-        tasks=MRNET_TASKS,
     log:
         f"{LOGS}/mrnet_summary.log",
     conda:
         "../envs/medflow.yaml"
+    params:
+        tasks=MRNET_TASKS,
     script:
         "../workflow/scripts/mrnet_summary.py"
 

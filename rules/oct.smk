@@ -11,15 +11,15 @@ rule oct_ingest:
     output:
         manifest=f"{OCT}/ingest/manifest.csv",
         split=f"{OCT}/ingest/split.csv",
-    params:
-        ingest=OCT_CFG["ingest"],
-        seed=config["seed"],
     log:
         f"{LOGS}/oct_ingest.log",
     benchmark:
         f"{BENCH}/oct_ingest.tsv"
     conda:
         "../envs/medflow.yaml"
+    params:
+        ingest=OCT_CFG["ingest"],
+        seed=config["seed"],
     script:
         "../workflow/scripts/oct_ingest.py"
 
@@ -32,20 +32,20 @@ rule oct_train:
     output:
         checkpoint=f"{OCT}/train/model.pt",
         curves=report(f"{OCT}/train/curves.png", category="oct", labels={"figure": "training curves"}),
-    params:
-        root=lambda wc: raw_dir("oct"),
-        train=OCT_CFG["train"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/oct_train.log",
     benchmark:
         f"{BENCH}/oct_train.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        root=lambda wc: raw_dir("oct"),
+        train=OCT_CFG["train"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/oct_train.py"
 
@@ -58,23 +58,25 @@ rule oct_evaluate:
         store=ancient(MLFLOW_STORE),
     output:
         metrics=f"{OCT}/evaluate/metrics.json",
-        predictions=report(f"{OCT}/evaluate/predictions.csv", category="oct", labels={"table": "test predictions (top-k)"}),
+        predictions=report(
+            f"{OCT}/evaluate/predictions.csv", category="oct", labels={"table": "test predictions (top-k)"}
+        ),
         confusion=report(f"{OCT}/evaluate/confusion.png", category="oct", labels={"figure": "confusion matrix (test)"}),
-    params:
-        root=lambda wc: raw_dir("oct"),
-        evaluate=OCT_CFG["evaluate"],
-        bootstrap=config["evaluation"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/oct_evaluate.log",
     benchmark:
         f"{BENCH}/oct_evaluate.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        root=lambda wc: raw_dir("oct"),
+        evaluate=OCT_CFG["evaluate"],
+        bootstrap=config["evaluation"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/oct_evaluate.py"
 

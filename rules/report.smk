@@ -12,14 +12,14 @@ rule report:
     output:
         html=report(f"{RESULTS}/report/report.html", category="Summary"),
         md=f"{RESULTS}/report/summary.md",
-    params:
-        pipelines=list(FINAL_METRICS),
-        config=config,
-        mlflow_ui=config["report"]["mlflow_ui"],
     log:
         f"{LOGS}/report.log",
     conda:
         "../envs/medflow.yaml"
+    params:
+        pipelines=list(FINAL_METRICS),
+        config=config,
+        mlflow_ui=config["report"]["mlflow_ui"],
     script:
         "../workflow/scripts/report.py"
 

@@ -23,15 +23,15 @@ rule rsna_ingest:
     output:
         manifest=f"{RSNA}/ingest/manifest.csv",
         split=f"{RSNA}/ingest/split.csv",
-    params:
-        ingest=config["rsna"]["ingest"],
-        seed=config["seed"],
     log:
         f"{LOGS}/rsna_ingest.log",
     benchmark:
         f"{BENCH}/rsna_ingest.tsv"
     conda:
         "../envs/medflow.yaml"
+    params:
+        ingest=config["rsna"]["ingest"],
+        seed=config["seed"],
     script:
         "../workflow/scripts/rsna_ingest.py"
 
@@ -43,16 +43,16 @@ rule rsna_metadata:
     output:
         table=f"{RSNA}/metadata/metadata.csv",
         decisions=f"{RSNA}/metadata/decisions.json",
-    params:
-        max_age_years=config["rsna"]["metadata"]["max_age_years"],
-        max_excluded_fraction=config["rsna"]["metadata"]["max_excluded_fraction"],
-    threads: config["rsna"]["threads"]
     log:
         f"{LOGS}/rsna_metadata.log",
     benchmark:
         f"{BENCH}/rsna_metadata.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["rsna"]["threads"]
+    params:
+        max_age_years=config["rsna"]["metadata"]["max_age_years"],
+        max_excluded_fraction=config["rsna"]["metadata"]["max_excluded_fraction"],
     script:
         "../workflow/scripts/rsna_metadata.py"
 
@@ -81,15 +81,15 @@ rule rsna_preprocess:
     output:
         h5=f"{RSNA}/preprocess/images.h5",
         summary=f"{RSNA}/preprocess/summary.json",
-    params:
-        preprocess=config["rsna"]["preprocess"],
-    threads: config["rsna"]["threads"]
     log:
         f"{LOGS}/rsna_preprocess.log",
     benchmark:
         f"{BENCH}/rsna_preprocess.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["rsna"]["threads"]
+    params:
+        preprocess=config["rsna"]["preprocess"],
     script:
         "../workflow/scripts/rsna_preprocess.py"
 
@@ -103,21 +103,21 @@ rule rsna_train:
     output:
         checkpoint=f"{RSNA}/train/{{variant}}/model.pt",
         curves=report(f"{RSNA}/train/{{variant}}/curves.png", category="rsna", subcategory="training"),
-    wildcard_constraints:
-        variant="|".join(RSNA_VARIANTS),
-    params:
-        train=config["rsna"]["train"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/rsna_train/{{variant}}.log",
     benchmark:
         f"{BENCH}/rsna_train/{{variant}}.tsv"
+    wildcard_constraints:
+        variant="|".join(RSNA_VARIANTS),
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        train=config["rsna"]["train"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/rsna_train.py"
 
@@ -133,20 +133,20 @@ rule rsna_evaluate:
         metrics=f"{RSNA}/evaluate/metrics.json",
         roc=report(f"{RSNA}/evaluate/roc.png", category="rsna"),
         predictions=f"{RSNA}/evaluate/predictions.csv",
-    params:
-        evaluate=config["rsna"]["evaluate"],
-        bootstrap=config["evaluation"],
-        seed=config["seed"],
-        bf16=config["compute"]["bf16"],
-    threads: config["compute"]["train_threads"]
-    resources:
-        gpu=gpu_resource(),
     log:
         f"{LOGS}/rsna_evaluate.log",
     benchmark:
         f"{BENCH}/rsna_evaluate.tsv"
     conda:
         "../envs/medflow.yaml"
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
+    params:
+        evaluate=config["rsna"]["evaluate"],
+        bootstrap=config["evaluation"],
+        seed=config["seed"],
+        bf16=config["compute"]["bf16"],
     script:
         "../workflow/scripts/rsna_evaluate.py"
 

@@ -14,15 +14,15 @@ if synthetic():
                 for case in synthetic_brats_case_ids(config["synthetic"]["brats"])
                 for kind in (*MODALITIES, "seg")
             ],
-        params:
-            cfg=config["synthetic"]["brats"],
-            seed=config["seed"],
         log:
             f"{LOGS}/synthetic_brats.log",
         benchmark:
             f"{BENCH}/synthetic_brats.tsv"
         conda:
             "../envs/medflow.yaml"
+        params:
+            cfg=config["synthetic"]["brats"],
+            seed=config["seed"],
         script:
             "../workflow/scripts/synthetic_brats.py"
 
@@ -35,20 +35,16 @@ if synthetic():
     rule synthetic_mrnet:
         """MRNet-v1.0 download: {train,valid}/{axial,coronal,sagittal}/NNNN.npy, {train,valid}-{task}.csv."""
         output:
-            labels=[
-                f"{raw_dir('mrnet')}/{split}-{task}.csv"
-                for split in ("train", "valid")
-                for task in TASKS
-            ],
-        params:
-            cfg=config["synthetic"]["mrnet"],
-            seed=config["seed"],
+            labels=[f"{raw_dir('mrnet')}/{split}-{task}.csv" for split in ("train", "valid") for task in TASKS],
         log:
             f"{LOGS}/synthetic_mrnet.log",
         benchmark:
             f"{BENCH}/synthetic_mrnet.tsv"
         conda:
             "../envs/medflow.yaml"
+        params:
+            cfg=config["synthetic"]["mrnet"],
+            seed=config["seed"],
         script:
             "../workflow/scripts/synthetic_mrnet.py"
 
@@ -64,15 +60,15 @@ if synthetic():
             labels=f"{raw_dir('rsna')}/stage_2_train_labels.csv",
             classes=f"{raw_dir('rsna')}/stage_2_detailed_class_info.csv",
             images=directory(f"{raw_dir('rsna')}/stage_2_train_images"),
-        params:
-            cfg=config["synthetic"]["rsna"],
-            seed=config["seed"],
         log:
             f"{LOGS}/synthetic_rsna.log",
         benchmark:
             f"{BENCH}/synthetic_rsna.tsv"
         conda:
             "../envs/medflow.yaml"
+        params:
+            cfg=config["synthetic"]["rsna"],
+            seed=config["seed"],
         script:
             "../workflow/scripts/synthetic_rsna.py"
 
@@ -86,15 +82,15 @@ if synthetic():
         """Kermany OCT2017 download: {train,val,test}/{CNV,DME,DRUSEN,NORMAL}/<CLASS>-<patient>-<n>.jpeg."""
         output:
             root=directory(raw_dir("oct")),
-        params:
-            cfg=config["synthetic"]["oct"],
-            seed=config["seed"],
         log:
             f"{LOGS}/synthetic_oct.log",
         benchmark:
             f"{BENCH}/synthetic_oct.tsv"
         conda:
             "../envs/medflow.yaml"
+        params:
+            cfg=config["synthetic"]["oct"],
+            seed=config["seed"],
         script:
             "../workflow/scripts/synthetic_oct.py"
 

@@ -7,10 +7,19 @@ import pandas as pd
 import pytest
 
 TRAIN = {
-    "image_size": 32, "resize": 36,
+    "image_size": 32,
+    "resize": 36,
     "augment": {"crop_scale": [0.8, 1.0], "rotation": 15, "brightness": 0.2, "contrast": 0.2, "hflip": True},
-    "weights": "none", "head": "classifier", "head_batchnorm": True, "hidden": 16, "dropout": 0.4,
-    "epochs": 2, "patience": 0, "monitor": "val_loss", "batch_size": 8, "lr": 0.001,
+    "weights": "none",
+    "head": "classifier",
+    "head_batchnorm": True,
+    "hidden": 16,
+    "dropout": 0.4,
+    "epochs": 2,
+    "patience": 0,
+    "monitor": "val_loss",
+    "batch_size": 8,
+    "lr": 0.001,
 }
 BOOTSTRAP = {"bootstrap_samples": 200, "confidence": 0.9}
 EVAL_SEED = 3
@@ -37,8 +46,16 @@ def run(tmp_path_factory):
     tracking.create_store(uri)
     root = tmp / "OCT2017"
     # 3 test patients per class: enough for most patient resamples to hold every class (macro recall).
-    generate(root, {"patients": {"train": 2, "val": 1, "test": 3}, "images_per_patient": [1, 2],
-                    "height": [36, 48], "aspect": [1.0, 1.4]}, seed=0)
+    generate(
+        root,
+        {
+            "patients": {"train": 2, "val": 1, "test": 3},
+            "images_per_patient": [1, 2],
+            "height": [36, 48],
+            "aspect": [1.0, 1.4],
+        },
+        seed=0,
+    )
     ingest(root, tmp / "manifest.csv", tmp / "split.csv", val_source="folder", val_fraction=0.1, seed=0)
 
     calls, stage = [], {"name": None}
@@ -61,19 +78,37 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         stage["name"] = "train"
-        result = train({"split": tmp / "split.csv"}, {"checkpoint": tmp / "model.pt", "curves": tmp / "curves.png"},
-                       from_config(TrainParams, {"root": str(root), "train": TRAIN}),
-                       Job(threads=1, seed=0, bf16=False, rule="oct_train"))
+        result = train(
+            {"split": tmp / "split.csv"},
+            {"checkpoint": tmp / "model.pt", "curves": tmp / "curves.png"},
+            from_config(TrainParams, {"root": str(root), "train": TRAIN}),
+            Job(threads=1, seed=0, bf16=False, rule="oct_train"),
+        )
         stage["name"] = "evaluate"
-        outputs = {"metrics": tmp / "metrics.json", "predictions": tmp / "predictions.csv",
-                   "confusion": tmp / "confusion.png"}
-        params = from_config(EvaluateParams, {"root": str(root), "evaluate": {"top_k": 2, "batch_size": 16},
-                                              "bootstrap": BOOTSTRAP})
-        report = evaluate({"split": tmp / "split.csv", "checkpoint": tmp / "model.pt"}, outputs, params,
-                          Job(threads=1, seed=EVAL_SEED, bf16=False, rule="oct_evaluate"))
+        outputs = {
+            "metrics": tmp / "metrics.json",
+            "predictions": tmp / "predictions.csv",
+            "confusion": tmp / "confusion.png",
+        }
+        params = from_config(
+            EvaluateParams, {"root": str(root), "evaluate": {"top_k": 2, "batch_size": 16}, "bootstrap": BOOTSTRAP}
+        )
+        report = evaluate(
+            {"split": tmp / "split.csv", "checkpoint": tmp / "model.pt"},
+            outputs,
+            params,
+            Job(threads=1, seed=EVAL_SEED, bf16=False, rule="oct_evaluate"),
+        )
     finally:
         logger.removeHandler(handler)
         mp.undo()
-    return {"tmp": tmp, "root": root, "uri": uri, "result": result, "report": report, "calls": calls,
-            "split": pd.read_csv(tmp / "split.csv", dtype={"patient": str, "id": str}),
-            "log": "\n".join(r.getMessage() for r in records)}
+    return {
+        "tmp": tmp,
+        "root": root,
+        "uri": uri,
+        "result": result,
+        "report": report,
+        "calls": calls,
+        "split": pd.read_csv(tmp / "split.csv", dtype={"patient": str, "id": str}),
+        "log": "\n".join(r.getMessage() for r in records),
+    }

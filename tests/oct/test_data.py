@@ -30,8 +30,9 @@ def table(tmp_path):
         for n, (w, h) in enumerate([(70, 50), (40, 60)], start=1):
             name = f"{cls}-1000001-{n}.jpeg"
             Image.fromarray(np.full((h, w), value, np.uint8), mode="L").save(tmp_path / "train" / cls / name)
-            rows.append({"id": name[:-5], "split": "train", "label": cls, "patient": "1000001",
-                         "path": f"train/{cls}/{name}"})
+            rows.append(
+                {"id": name[:-5], "split": "train", "label": cls, "patient": "1000001", "path": f"train/{cls}/{name}"}
+            )
     return tmp_path, pd.DataFrame(rows)
 
 
@@ -53,8 +54,15 @@ def test_train_transform_is_random_eval_transform_is_not(table):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80), dtype=np.uint8)).convert("RGB")
     t = train_transform(32, 36, AUG)
     names = [type(s).__name__ for s in t.transforms]
-    assert names == ["RandomResizedCrop", "RandomRotation", "ColorJitter", "RandomHorizontalFlip", "CenterCrop",
-                     "ToTensor", "Normalize"]
+    assert names == [
+        "RandomResizedCrop",
+        "RandomRotation",
+        "ColorJitter",
+        "RandomHorizontalFlip",
+        "CenterCrop",
+        "ToTensor",
+        "Normalize",
+    ]
     torch.manual_seed(0)
     a, b = t(img), t(img)
     assert a.shape == (3, 32, 32) and not torch.equal(a, b)
@@ -67,8 +75,9 @@ def test_train_transform_is_random_eval_transform_is_not(table):
 def test_split_table_keeps_one_split_and_maps_every_label_of_the_file(tmp_path):
     rows = [("a", "train", "NORMAL"), ("b", "test", "CNV"), ("c", "train", "DME"), ("d", "val", "DRUSEN")]
     path = tmp_path / "split.csv"
-    pd.DataFrame([{"id": i, "split": s, "label": c, "patient": "007", "path": f"{s}/{c}/{i}.jpeg"} for i, s, c in rows]
-                 ).to_csv(path, index=False)
+    pd.DataFrame(
+        [{"id": i, "split": s, "label": c, "patient": "007", "path": f"{s}/{c}/{i}.jpeg"} for i, s, c in rows]
+    ).to_csv(path, index=False)
     part, c2i = split_table(path, "train")
     assert part["id"].tolist() == ["a", "c"] and part.index.tolist() == [0, 1]
     assert part["patient"].tolist() == ["007", "007"]  # ids stay strings

@@ -32,8 +32,19 @@ def test_multiclass_report_per_class_precision_recall():
 def test_top_k_table_orders_classes_by_probability():
     p = np.array([[0.1, 0.6, 0.2, 0.1], [0.25, 0.05, 0.3, 0.4]])
     df = top_k_table(["a", "b"], np.log(p), CLASSES, k=3)
-    assert list(df.columns) == ["id", "top1", "prob1", "top2", "prob2", "top3", "prob3",
-                                "p_CNV", "p_DME", "p_DRUSEN", "p_NORMAL"]
+    assert list(df.columns) == [
+        "id",
+        "top1",
+        "prob1",
+        "top2",
+        "prob2",
+        "top3",
+        "prob3",
+        "p_CNV",
+        "p_DME",
+        "p_DRUSEN",
+        "p_NORMAL",
+    ]
     assert df.loc[0, ["top1", "top2", "top3"]].tolist() == ["DME", "DRUSEN", "CNV"]
     assert df.loc[1, ["top1", "top2", "top3"]].tolist() == ["NORMAL", "DRUSEN", "CNV"]
     assert df.loc[1, "prob1"] == pytest.approx(0.4)
@@ -116,8 +127,15 @@ def test_metrics_headline_over_test_patients(run):
     preds = pd.read_csv(tmp / "predictions.csv", dtype={"patient": str, "id": str})
     y = preds["label"].map(CLASSES.index).to_numpy()
     pred = preds["top1"].map(CLASSES.index).to_numpy()
-    again = headline(y, pred, preds["patient"], 4, n_boot=BOOTSTRAP["bootstrap_samples"], seed=EVAL_SEED,
-                     level=BOOTSTRAP["confidence"])
+    again = headline(
+        y,
+        pred,
+        preds["patient"],
+        4,
+        n_boot=BOOTSTRAP["bootstrap_samples"],
+        seed=EVAL_SEED,
+        level=BOOTSTRAP["confidence"],
+    )
     assert again == h
 
 

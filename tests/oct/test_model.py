@@ -28,8 +28,14 @@ def test_new_classifier_on_frozen_features_counts(model):
     assert counts["total"] == FEATURES + head(25088)
     assert not any(p.requires_grad for p in model.features.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
-    assert [type(m).__name__ for m in model.classifier] == ["BatchNorm1d", "Linear", "ReLU", "Dropout", "Linear",
-                                                             "LogSoftmax"]
+    assert [type(m).__name__ for m in model.classifier] == [
+        "BatchNorm1d",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "LogSoftmax",
+    ]
 
 
 def test_last_layer_head_freezes_fc6_fc7_as_the_tutorial():
@@ -86,8 +92,11 @@ def test_load_model_rebuilds_the_checkpoint_from_a_dict_or_a_path(tmp_path):
     trained = build_vgg16(4, weights="none", **arch)
     with torch.no_grad():
         trained.classifier[0].running_mean.uniform_()  # a buffer too, not only parameters
-    ckpt = {"meta": {"class_to_idx": {"CNV": 0, "DME": 1, "DRUSEN": 2, "NORMAL": 3}, "model": arch},
-            "state_dict": trained.state_dict(), "epoch": 1}
+    ckpt = {
+        "meta": {"class_to_idx": {"CNV": 0, "DME": 1, "DRUSEN": 2, "NORMAL": 3}, "model": arch},
+        "state_dict": trained.state_dict(),
+        "epoch": 1,
+    }
     torch.save(ckpt, tmp_path / "model.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -50,8 +50,13 @@ def test_a_last_batch_of_one_image_does_not_stop_training(run, monkeypatch):
     split = run["split"]
     n_train = int((split["split"] == "train").sum())
     assert n_train >= 3
-    params = from_config(TrainParams, {"root": str(run["root"]), "train": {**TRAIN, "epochs": 1,
-                                                                           "batch_size": n_train - 1}})
-    result = train({"split": tmp / "split.csv"}, {"checkpoint": tmp / "lone.pt", "curves": tmp / "lone.png"}, params,
-                   Job(threads=1, seed=0, track=False))
+    params = from_config(
+        TrainParams, {"root": str(run["root"]), "train": {**TRAIN, "epochs": 1, "batch_size": n_train - 1}}
+    )
+    result = train(
+        {"split": tmp / "split.csv"},
+        {"checkpoint": tmp / "lone.pt", "curves": tmp / "lone.png"},
+        params,
+        Job(threads=1, seed=0, track=False),
+    )
     assert len(result.history) == 1 and (tmp / "lone.pt").exists()

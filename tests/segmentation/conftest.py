@@ -12,8 +12,11 @@ torch.set_num_threads(1)  # the test machine is shared
 def dataset(tmp_path_factory):
     """Eight fake cases: 5 train, 1 val, 2 test, with stacks, patches and a split file."""
     root = tmp_path_factory.mktemp("brats")
-    splits = {"train": [f"BraTS20_Training_{i:03d}" for i in range(1, 6)], "val": ["BraTS20_Training_006"],
-              "test": ["BraTS20_Training_007", "BraTS20_Training_008"]}
+    splits = {
+        "train": [f"BraTS20_Training_{i:03d}" for i in range(1, 6)],
+        "val": ["BraTS20_Training_006"],
+        "test": ["BraTS20_Training_007", "BraTS20_Training_008"],
+    }
     stacks, patches = {}, {}
     for i, case in enumerate(sorted(c for cs in splits.values() for c in cs)):
         image, label = make_case(i)

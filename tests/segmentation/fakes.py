@@ -31,8 +31,9 @@ def make_case(seed, shape=ORIGINAL_ZYX):
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
     centre = np.array(shape) / 2
-    brain = (((z - centre[0]) / (shape[0] * 0.35)) ** 2 + ((y - centre[1]) / (shape[1] * 0.42)) ** 2
-             + ((x - centre[2]) / (shape[2] * 0.42)) ** 2 <= 1)
+    brain = ((z - centre[0]) / (shape[0] * 0.35)) ** 2 + ((y - centre[1]) / (shape[1] * 0.42)) ** 2 + (
+        (x - centre[2]) / (shape[2] * 0.42)
+    ) ** 2 <= 1
     brain[: KEPT[0]] = False
     brain[KEPT[1] :] = False
     c = centre + rng.uniform(-2, 2, 3)

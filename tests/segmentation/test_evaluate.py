@@ -26,8 +26,12 @@ BOOT = {"bootstrap_samples": 200, "confidence": 0.9}
 
 
 def outputs(out):
-    return {"metrics": out / "metrics.json", "per_case": out / "per_case.csv", "predictions": out / "predictions",
-            "overlays": out / "overlays"}
+    return {
+        "metrics": out / "metrics.json",
+        "per_case": out / "per_case.csv",
+        "predictions": out / "predictions",
+        "overlays": out / "overlays",
+    }
 
 
 def inputs(dataset, checkpoint):
@@ -43,12 +47,20 @@ def evaluated(dataset, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     try:
-        train({"patches": dataset["patches"], "split": dataset["split"]}, {"checkpoint": out / "unet3d.pt"},
-              UNetParams(depth=2, base_filters=4, batch_size=4, epochs=8, learning_rate=3e-3),
-              Job(threads=1, seed=3, rule="brats_segmentation_train"), device=CPU)
-        result = evaluate(inputs(dataset, out / "unet3d.pt"), outputs(out),
-                          EvalParams(overlap=0.5, n_overlays=1, bootstrap=BOOT),
-                          Job(threads=1, seed=5, rule="brats_segmentation_evaluate"), device=CPU)
+        train(
+            {"patches": dataset["patches"], "split": dataset["split"]},
+            {"checkpoint": out / "unet3d.pt"},
+            UNetParams(depth=2, base_filters=4, batch_size=4, epochs=8, learning_rate=3e-3),
+            Job(threads=1, seed=3, rule="brats_segmentation_train"),
+            device=CPU,
+        )
+        result = evaluate(
+            inputs(dataset, out / "unet3d.pt"),
+            outputs(out),
+            EvalParams(overlap=0.5, n_overlays=1, bootstrap=BOOT),
+            Job(threads=1, seed=5, rule="brats_segmentation_evaluate"),
+            device=CPU,
+        )
     finally:
         mp.undo()
     return {"out": out, "uri": uri, "result": result}
@@ -72,8 +84,12 @@ def test_headline_is_the_mean_over_test_cases_with_a_bootstrap_interval(evaluate
     head = headline_block(data["headline"])
     assert list(head) == ["dice_wt", "dice_tc", "dice_et", "hd95_wt"]
     per_case = [data["per_case"][c] for c in dataset["splits"]["test"]]
-    for name, (structure, metric) in {"dice_wt": ("WT", "dice"), "dice_tc": ("TC", "dice"), "dice_et": ("ET", "dice"),
-                                      "hd95_wt": ("WT", "hd95")}.items():
+    for name, (structure, metric) in {
+        "dice_wt": ("WT", "dice"),
+        "dice_tc": ("TC", "dice"),
+        "dice_et": ("ET", "dice"),
+        "hd95_wt": ("WT", "hd95"),
+    }.items():
         entry = head[name]
         by_hand = sum(r[structure][metric] for r in per_case) / len(per_case)
         assert entry["value"] == pytest.approx(by_hand, abs=1e-12) and entry["value"] == data["mean"][structure][metric]
@@ -86,8 +102,12 @@ def test_headline_is_the_mean_over_test_cases_with_a_bootstrap_interval(evaluate
 
 def test_headline_bootstraps_cases_with_the_configured_samples_seed_and_confidence():
     rng = np.random.default_rng(0)
-    per_case = {f"BraTS20_Training_{i:03d}": {s: {"dice": float(rng.uniform()), "hd95": float(rng.uniform(0, 9))}
-                                              for s in regions.STRUCTURES} for i in range(12)}
+    per_case = {
+        f"BraTS20_Training_{i:03d}": {
+            s: {"dice": float(rng.uniform()), "hd95": float(rng.uniform(0, 9))} for s in regions.STRUCTURES
+        }
+        for i in range(12)
+    }
     head = headline(per_case, {"bootstrap_samples": 300, "confidence": 0.8}, seed=11)
     wt = [r["WT"]["hd95"] for r in per_case.values()]
     assert head["hd95_wt"] == mean_metric(wt, n_boot=300, seed=11, level=0.8)
@@ -129,8 +149,13 @@ def test_predictions_come_from_predict_case_with_the_checkpoint_threshold(evalua
         return pred
 
     monkeypatch.setattr(predict, "predict_case", spy)
-    result = evaluate(inputs(dataset, tmp_path / "t07.pt"), outputs(tmp_path), EvalParams(n_overlays=0, bootstrap=BOOT),
-                      Job(threads=1, track=False), device=CPU)
+    result = evaluate(
+        inputs(dataset, tmp_path / "t07.pt"),
+        outputs(tmp_path),
+        EvalParams(n_overlays=0, bootstrap=BOOT),
+        Job(threads=1, track=False),
+        device=CPU,
+    )
     assert [(w, t) for w, t, _ in calls] == [([8, 16, 16], 0.7)] * 2 and result["params"]["threshold"] == 0.7
     for case, (_, _, pred) in zip(dataset["splits"]["test"], calls):
         written = np.asarray(nib.load(tmp_path / "predictions" / f"{case}.nii.gz").dataobj).transpose(2, 1, 0)
@@ -141,7 +166,8 @@ def test_predictions_come_from_predict_case_with_the_checkpoint_threshold(evalua
     # A higher threshold labels fewer voxels than training's 0.5 did.
     assert sum((p > 0).sum() for _, _, p in calls) < sum(
         (regions.to_stored(np.asarray(nib.load(evaluated["out"] / "predictions" / f"{c}.nii.gz").dataobj)) > 0).sum()
-        for c in dataset["splits"]["test"])
+        for c in dataset["splits"]["test"]
+    )
 
 
 def test_checkpoint_without_a_threshold_is_refused(evaluated, dataset, tmp_path):

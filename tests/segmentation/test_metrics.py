@@ -102,7 +102,7 @@ SHAPE = (14, 22, 26)
 def sphere(center, radius_mm, shape=SHAPE, spacing=SPACING):
     """Ball of ``radius_mm`` around ``center`` (voxel indices), in mm at ``spacing`` (an ellipsoid in voxels)."""
     grid = np.indices(shape, dtype=float)
-    return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing)) <= radius_mm ** 2
+    return sum(((g - c) * s) ** 2 for g, c, s in zip(grid, center, spacing)) <= radius_mm**2
 
 
 def box(lo, hi, shape=SHAPE):
@@ -168,8 +168,9 @@ def test_hd95_and_dice_of_solid_objects_equal_monai():
 
     for name, (a, b) in SOLID_PAIRS.items():
         ta, tb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
-        ref = monai_metrics.compute_hausdorff_distance(ta, tb, include_background=True, percentile=95,
-                                                       spacing=list(SPACING))
+        ref = monai_metrics.compute_hausdorff_distance(
+            ta, tb, include_background=True, percentile=95, spacing=list(SPACING)
+        )
         assert metrics.hd95(a, b, SPACING) == pytest.approx(float(ref), rel=1e-5), name
         ref_dice = monai_metrics.DiceMetric(include_background=True, reduction="none")(ta.float(), tb.float())
         assert metrics.dice(a, b) == pytest.approx(float(ref_dice), rel=1e-6), name
@@ -230,8 +231,10 @@ def test_case_metrics_of_nested_solid_regions():
 
 
 def test_summarise_std_and_median_over_cases_and_flat_row():
-    per_case = {c: {"WT": {"dice": d, "hd95": h}, "ET": {"dice": 1 - d, "hd95": 2 * h}}
-                for c, d, h in [("a", 0.9, 1.0), ("b", 0.6, 4.0), ("c", 0.3, 10.0)]}
+    per_case = {
+        c: {"WT": {"dice": d, "hd95": h}, "ET": {"dice": 1 - d, "hd95": 2 * h}}
+        for c, d, h in [("a", 0.9, 1.0), ("b", 0.6, 4.0), ("c", 0.3, 10.0)]
+    }
     s = metrics.summarise(per_case)
     assert s["WT"]["dice"] == pytest.approx(0.6) and s["WT"]["dice_median"] == pytest.approx(0.6)
     assert s["WT"]["dice_std"] == pytest.approx(np.std([0.9, 0.6, 0.3]))  # population std (ddof=0)
@@ -240,8 +243,14 @@ def test_summarise_std_and_median_over_cases_and_flat_row():
     assert set(s["ET"]) == {"dice", "dice_std", "dice_median", "hd95", "hd95_std", "hd95_median"}
     assert metrics.summarise({}) == {}
     one = metrics.summarise({"a": per_case["a"]})  # a single case: its values, spread 0
-    assert one["WT"] == {"dice": 0.9, "dice_std": 0.0, "dice_median": 0.9,
-                         "hd95": 1.0, "hd95_std": 0.0, "hd95_median": 1.0}
+    assert one["WT"] == {
+        "dice": 0.9,
+        "dice_std": 0.0,
+        "dice_median": 0.9,
+        "hd95": 1.0,
+        "hd95_std": 0.0,
+        "hd95_median": 1.0,
+    }
     flat = metrics.flat_row(s, structures=("WT", "ET"))
     assert flat["WT_dice"] == pytest.approx(0.6) and flat["ET_hd95_median"] == pytest.approx(8.0)
     assert len(flat) == 12 and all(type(v) is float for v in flat.values())

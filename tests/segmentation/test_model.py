@@ -51,8 +51,14 @@ def test_make_model_takes_the_modalities_and_labels_and_keeps_values_channels_la
     model = make_model(params)
     torch.manual_seed(0)
     plain = make_model(params, channels_last=False)
-    assert model.config == {"in_channels": 4, "n_labels": 3, "depth": 2, "base_filters": 3, "batch_norm": False,
-                            "upsampling": "upsample"}
+    assert model.config == {
+        "in_channels": 4,
+        "n_labels": 3,
+        "depth": 2,
+        "base_filters": 3,
+        "batch_norm": False,
+        "upsampling": "upsample",
+    }
     assert model.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert not plain.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
     x = torch.randn(1, 4, 4, 6, 6)

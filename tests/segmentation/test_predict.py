@@ -75,15 +75,29 @@ def test_sliding_window_equals_whole_volume_prediction(blend, shape):
     np.testing.assert_allclose(probs, direct, atol=1e-5)
 
 
-@given(st.tuples(*[st.integers(1, 9)] * 3), st.tuples(*[st.integers(1, 6)] * 3), st.sampled_from([0.0, 0.3, 0.5, 0.8]),
-       st.integers(1, 4), st.sampled_from(predict.BLENDS), st.integers(0, 2**16))
+@given(
+    st.tuples(*[st.integers(1, 9)] * 3),
+    st.tuples(*[st.integers(1, 6)] * 3),
+    st.sampled_from([0.0, 0.3, 0.5, 0.8]),
+    st.integers(1, 4),
+    st.sampled_from(predict.BLENDS),
+    st.integers(0, 2**16),
+)
 def test_sliding_window_of_a_voxelwise_model_is_its_voxelwise_output(shape, window, overlap, batch_size, blend, seed):
     """Any volume (also thinner than the window), window, overlap and batch: a voxel-wise model's
     blended windows give back exactly its output on the whole volume, shape (L, Z, Y, X)."""
     model = Pointwise().eval()
     image = np.random.default_rng(seed).standard_normal((4, *shape)).astype(np.float32)
-    probs = predict.sliding_window(model, image, window, overlap=overlap, batch_size=batch_size, blend=blend,
-                                     device=torch.device("cpu"), bf16=False)
+    probs = predict.sliding_window(
+        model,
+        image,
+        window,
+        overlap=overlap,
+        batch_size=batch_size,
+        blend=blend,
+        device=torch.device("cpu"),
+        bf16=False,
+    )
     with torch.no_grad():
         direct = model(torch.from_numpy(image)[None])[0].numpy()
     assert probs.shape == (3, *shape) and probs.dtype == np.float32
@@ -114,8 +128,9 @@ def test_prediction_overlays_on_the_raw_nifti(tmp_path):
 def test_transform_is_applied_to_every_window():
     model = Pointwise().eval()
     image = np.random.default_rng(1).standard_normal((4, 10, 20, 20)).astype(np.float32)
-    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.25, transform=lambda w: 2 * w + 1,
-                                     device=torch.device("cpu"))
+    probs = predict.sliding_window(
+        model, image, (8, 16, 16), overlap=0.25, transform=lambda w: 2 * w + 1, device=torch.device("cpu")
+    )
     with torch.no_grad():
         direct = model(torch.from_numpy(2 * image + 1)[None])[0].numpy()
     np.testing.assert_allclose(probs, direct, atol=1e-5)
@@ -165,14 +180,23 @@ def test_windows_get_the_standardisation_the_training_patches_got(tmp_path):
     with h5py.File(tmp_path / "patches.h5") as f:
         patch = f["image"][0]
     model = Recorder()
-    predict.predict_case(model, stacked, size, predict.PredictParams(standardise="window"), threshold=0.5, device=CPU,
-                         bf16=False)  # the default standardize is the patch sampler's
+    predict.predict_case(
+        model, stacked, size, predict.PredictParams(standardise="window"), threshold=0.5, device=CPU, bf16=False
+    )  # the default standardize is the patch sampler's
     assert len(model.inputs) == 1
     np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
     # 'volume' standardises the whole volume's slices once, then cuts windows: here the same window.
     model.inputs.clear()
-    predict.predict_case(model, stacked, size, predict.PredictParams(standardise="volume"), threshold=0.5, device=CPU,
-                         bf16=False, standardize=standardize)
+    predict.predict_case(
+        model,
+        stacked,
+        size,
+        predict.PredictParams(standardise="volume"),
+        threshold=0.5,
+        device=CPU,
+        bf16=False,
+        standardize=standardize,
+    )
     np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
     with pytest.raises(ValueError, match="standardise must be one of"):
         predict.predict_case(model, stacked, size, predict.PredictParams(standardise="slice"), threshold=0.5)
@@ -181,7 +205,8 @@ def test_windows_get_the_standardisation_the_training_patches_got(tmp_path):
 @pytest.mark.parametrize("threshold,label", [(0.5, 2), (0.59, 2), (0.61, 0)])
 def test_predict_case_labels_at_the_given_threshold(threshold, label):
     image = np.random.default_rng(3).standard_normal((4, 8, 16, 16)).astype(np.float32)
-    pred = predict.predict_case(Recorder(p=0.6), image, (8, 16, 16), predict.PredictParams(), threshold=threshold,
-                                device=CPU)
+    pred = predict.predict_case(
+        Recorder(p=0.6), image, (8, 16, 16), predict.PredictParams(), threshold=threshold, device=CPU
+    )
     assert pred.dtype == np.uint8 and pred.shape == (8, 16, 16)
     assert (pred == label).all()

@@ -50,9 +50,7 @@ def test_torch_masks_match_numpy():
 
 def test_probabilities_to_labels_takes_the_most_probable_label_above_threshold():
     # Channels are stored labels 1, 2, 3; four voxels.
-    probs = np.array([[0.9, 0.2, 0.6, 0.4],
-                      [0.1, 0.3, 0.7, 0.1],
-                      [0.2, 0.1, 0.1, 0.45]], np.float32)
+    probs = np.array([[0.9, 0.2, 0.6, 0.4], [0.1, 0.3, 0.7, 0.1], [0.2, 0.1, 0.1, 0.45]], np.float32)
     assert regions.probabilities_to_labels(probs, 0.5).tolist() == [1, 0, 2, 0]
     assert regions.probabilities_to_labels(probs, 0.4).tolist() == [1, 0, 2, 3]
     batch = torch.from_numpy(probs)[None]  # (B=1, 3, 4): labels along axis 1
@@ -127,10 +125,15 @@ def test_masks_of_a_cuda_label_map_stay_on_its_device():
         assert t_m[name].is_cuda and np.array_equal(t_m[name].cpu().numpy(), expected), name
 
 
-@given(hnp.arrays(np.float32, st.tuples(st.just(3), st.integers(1, 5), st.integers(1, 5)),
-                  # Values exactly at a threshold and ties between channels are drawn often.
-                  elements=st.one_of(st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]), st.floats(0, 1, width=32))),
-       st.sampled_from([0.3, 0.5, 0.7]))
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.just(3), st.integers(1, 5), st.integers(1, 5)),
+        # Values exactly at a threshold and ties between channels are drawn often.
+        elements=st.one_of(st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]), st.floats(0, 1, width=32)),
+    ),
+    st.sampled_from([0.3, 0.5, 0.7]),
+)
 def test_probabilities_to_labels_follows_the_per_voxel_rule(probs, threshold):
     # Per voxel: the channel with the highest probability (first on ties), if it reaches the threshold
     # (compared in the probabilities' own precision, as numpy and torch compare an array with a float).

@@ -24,8 +24,9 @@ CPU = torch.device("cpu")
 
 def run(dataset, out, params=PARAMS, split=None, **outputs):
     inputs = {"patches": dataset["patches"], "split": split or dataset["split"]}
-    return train(inputs, {"checkpoint": out / "unet3d.pt", **outputs}, params, Job(threads=1, seed=7, track=False),
-                 device=CPU)
+    return train(
+        inputs, {"checkpoint": out / "unet3d.pt", **outputs}, params, Job(threads=1, seed=7, track=False), device=CPU
+    )
 
 
 def test_checkpoint_holds_what_evaluation_needs(dataset, tmp_path):
@@ -108,8 +109,9 @@ def plain_validation(model, loader, params):
             true_m = regions.masks(regions.onehot_to_labels(label, axis=1))
             for name in regions.STRUCTURES:
                 p, t = pred_m[name], true_m[name]
-                counts[name] += torch.tensor([float((p & t).sum()), float(p.sum()), float(t.sum())],
-                                             dtype=torch.float64)
+                counts[name] += torch.tensor(
+                    [float((p & t).sum()), float(p.sum()), float(t.sum())], dtype=torch.float64
+                )
     scores = {name: dice_from_counts(*counts[name].tolist()) for name in regions.STRUCTURES}
     out = {"loss": loss_sum / n, "dice": sum(scores[k] for k in regions.LABEL_NAMES) / 3}
     return out | {f"dice_{k}": v for k, v in scores.items()}

@@ -4,5 +4,9 @@ from medflow.segmentation.train import UNetParams, train
 from medflow.train import Job
 
 log = start(snakemake)
-train(dict(snakemake.input.items()), dict(snakemake.output.items()), from_config(UNetParams, snakemake.params.train),
-      Job.from_snakemake(snakemake))
+train(
+    dict(snakemake.input.items()),
+    dict(snakemake.output.items()),
+    from_config(UNetParams, snakemake.params.train),
+    Job.from_snakemake(snakemake),
+)

@@ -56,8 +56,11 @@ def train_transform(image_size: int, resize: int, augment: Augment) -> transform
     ]
     if augment.hflip:
         steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.CenterCrop(image_size), transforms.ToTensor(),
-              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
     return transforms.Compose(steps)
 
 

@@ -112,8 +112,16 @@ def macro_recall_of(present: Sequence[int], n_classes: int) -> Callable[[np.ndar
     return fn
 
 
-def headline(y_true: np.ndarray, y_pred: np.ndarray, patients: Sequence[str], n_classes: int, *, n_boot: int,
-             seed: int, level: float) -> dict[str, dict[str, Any]]:
+def headline(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    patients: Sequence[str],
+    n_classes: int,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict[str, dict[str, Any]]:
     """``{"accuracy", "macro_recall"}``, each ``{value, ci_low, ci_high, n}``: values as in
     ``multiclass_report``; intervals from one set of patient resamples (same seed, same draws), ``n`` the
     number of distinct ``patients`` (one id per image, aligned with ``y_true`` (N,) and ``y_pred`` (N,))."""
@@ -125,8 +133,9 @@ def headline(y_true: np.ndarray, y_pred: np.ndarray, patients: Sequence[str], n_
     }
 
 
-def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike],
-             params: EvaluateParams, job: Job) -> dict:
+def evaluate(
+    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: EvaluateParams, job: Job
+) -> dict:
     """Predict every ``test`` image with the checkpoint's own preprocessing; write metrics JSON (with the
     ``headline`` block), predictions CSV and confusion-matrix PNG; log them to the MLflow run ``job.rule``
     (experiment ``oct``) tagged ``training_run_id``. Returns the metrics written.
@@ -159,8 +168,9 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
     report["classes"] = classes
     report["checkpoint_epoch"] = int(ckpt["epoch"])
     report["n_patients"] = len(set(patients))
-    report["headline"] = headline(y, pred, patients, len(classes), n_boot=boot.bootstrap_samples, seed=job.seed,
-                                  level=boot.confidence)
+    report["headline"] = headline(
+        y, pred, patients, len(classes), n_boot=boot.bootstrap_samples, seed=job.seed, level=boot.confidence
+    )
     io.write_json(metrics_path, report)
 
     preds = top_k_table(ds.ids, logp, classes, cfg.top_k)
@@ -170,9 +180,17 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
     with io.atomic_path(predictions_path) as tmp:
         preds.to_csv(tmp, index=False, float_format="%.6f")
     h = report["headline"]
-    log.info("test accuracy %.4f [%.4f, %.4f], macro recall %.4f [%.4f, %.4f] on %d images of %d patients",
-             h["accuracy"]["value"], h["accuracy"]["ci_low"], h["accuracy"]["ci_high"], h["macro_recall"]["value"],
-             h["macro_recall"]["ci_low"], h["macro_recall"]["ci_high"], report["n"], report["n_patients"])
+    log.info(
+        "test accuracy %.4f [%.4f, %.4f], macro recall %.4f [%.4f, %.4f] on %d images of %d patients",
+        h["accuracy"]["value"],
+        h["accuracy"]["ci_low"],
+        h["accuracy"]["ci_high"],
+        h["macro_recall"]["value"],
+        h["macro_recall"]["ci_low"],
+        h["macro_recall"]["ci_high"],
+        report["n"],
+        report["n_patients"],
+    )
     for c, r in report["per_class"].items():
         log.info("  %-7s precision %.3f recall %.3f (n=%d)", c, r["precision"], r["recall"], r["support"])
 
@@ -184,9 +202,21 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
             extra[f"precision_{c}"] = r["precision"]
             extra[f"recall_{c}"] = r["recall"]
         tracking.log_evaluation(
-            EXPERIMENT, job.rule or RULE, headline=report["headline"], training_run_id=ckpt["mlflow_run_id"],
+            EXPERIMENT,
+            job.rule or RULE,
+            headline=report["headline"],
+            training_run_id=ckpt["mlflow_run_id"],
             artifacts=[metrics_path, confusion_path, predictions_path],
-            params={"top_k": cfg.top_k, "n_test": len(y), "n_test_patients": report["n_patients"],
-                    "bootstrap_samples": boot.bootstrap_samples, "confidence": boot.confidence, "seed": job.seed},
-            tags={"device": describe(device)}, rule=job.rule, extra_metrics=extra)
+            params={
+                "top_k": cfg.top_k,
+                "n_test": len(y),
+                "n_test_patients": report["n_patients"],
+                "bootstrap_samples": boot.bootstrap_samples,
+                "confidence": boot.confidence,
+                "seed": job.seed,
+            },
+            tags={"device": describe(device)},
+            rule=job.rule,
+            extra_metrics=extra,
+        )
     return report

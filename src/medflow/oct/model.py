@@ -78,8 +78,13 @@ def build_vgg16(
             p.requires_grad = False
     n_inputs = model.classifier[0].in_features if head == "classifier" else model.classifier[6].in_features
     layers = [nn.BatchNorm1d(n_inputs)] if head_batchnorm else []
-    layers += [nn.Linear(n_inputs, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes),
-               nn.LogSoftmax(dim=1)]
+    layers += [
+        nn.Linear(n_inputs, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, n_classes),
+        nn.LogSoftmax(dim=1),
+    ]
     if head == "classifier":
         model.classifier = nn.Sequential(*layers)
     else:

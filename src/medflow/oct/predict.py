@@ -22,8 +22,9 @@ def forward(model: torch.nn.Module, batch) -> dict[str, torch.Tensor]:
     return {"log_proba": model(batch)}
 
 
-def predict_log_proba(model: torch.nn.Module, loader, device: torch.device, *, bf16: bool = True
-                      ) -> dict[str, np.ndarray]:
+def predict_log_proba(
+    model: torch.nn.Module, loader, device: torch.device, *, bf16: bool = True
+) -> dict[str, np.ndarray]:
     """``{"log_proba": (N, n_classes) float32}`` (the model ends in LogSoftmax) over ``loader`` in its order,
     plus ``"target"`` (N,) int64 class indices when its batches carry them."""
     return predict(model, loader, device, bf16=bf16, forward=forward)

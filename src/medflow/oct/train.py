@@ -51,8 +51,9 @@ class TrainParams:
     train: TrainBlock
 
 
-def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: TrainParams,
-          job: Job) -> FitResult:
+def train(
+    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: TrainParams, job: Job
+) -> FitResult:
     """Fit VGG16 on the ``train`` split, selecting on ``params.train.monitor`` over ``val``.
 
     ``inputs["split"]``: the ingest's ``split.csv``; ``outputs["checkpoint"]``, ``outputs["curves"]`` (PNG).
@@ -70,16 +71,25 @@ def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | o
     log.info("train %d images, val %d images, classes %s", len(train_ds), len(val_ds), c2i)
 
     seed_everything(job.seed)
-    arch = {"hidden": int(cfg.hidden), "dropout": float(cfg.dropout), "head": cfg.head,
-            "head_batchnorm": bool(cfg.head_batchnorm)}
+    arch = {
+        "hidden": int(cfg.hidden),
+        "dropout": float(cfg.dropout),
+        "head": cfg.head,
+        "head_batchnorm": bool(cfg.head_batchnorm),
+    }
     model = build_vgg16(len(c2i), weights=cfg.weights, **arch)
     counts = parameter_counts(model)
-    log.info("VGG16: %s parameters in total, %s trainable (%s frozen)", f"{counts['total']:,}",
-             f"{counts['trainable']:,}", f"{counts['frozen']:,}")
+    log.info(
+        "VGG16: %s parameters in total, %s trainable (%s frozen)",
+        f"{counts['total']:,}",
+        f"{counts['trainable']:,}",
+        f"{counts['frozen']:,}",
+    )
 
     # make_loaders drops a last train batch of one image (the head's BatchNorm cannot train on it).
-    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.batch_size, device=device,
-                                            threads=job.threads)
+    train_loader, val_loader = make_loaders(
+        train_ds, val_ds, batch_size=cfg.batch_size, device=device, threads=job.threads
+    )
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=float(cfg.lr))
 
     def train_step(model, batch):
@@ -107,8 +117,12 @@ def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | o
     }
     # The train block (augment nested) and the seed: what a resume must match, what MLflow shows.
     settings = {**dataclasses.asdict(cfg), "seed": job.seed}
-    run = tracking(job, EXPERIMENT, job.rule or RULE,
-                   {**settings, "n_train": len(train_ds), "n_val": len(val_ds), "parameters": counts})
+    run = tracking(
+        job,
+        EXPERIMENT,
+        job.rule or RULE,
+        {**settings, "n_train": len(train_ds), "n_val": len(val_ds), "parameters": counts},
+    )
     return fit(
         model,
         optimizer,

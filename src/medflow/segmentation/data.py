@@ -46,8 +46,9 @@ def patch_count(path: str | os.PathLike) -> tuple[int, tuple[int, int, int]]:
         if img.ndim != 5 or img.shape[1] != N_MODALITIES:
             raise InputError(path, f"'image' must be (N, {N_MODALITIES}, pz, py, px), got {img.shape}")
         if lab.shape != (img.shape[0], N_LABELS, *img.shape[2:]):
-            raise InputError(path, f"'label' must be (N, {N_LABELS}, pz, py, px) matching 'image' {img.shape}, "
-                                   f"got {lab.shape}")
+            raise InputError(
+                path, f"'label' must be (N, {N_LABELS}, pz, py, px) matching 'image' {img.shape}, got {lab.shape}"
+            )
         return int(img.shape[0]), tuple(int(s) for s in img.shape[2:])
 
 

@@ -61,18 +61,27 @@ class EvalParams(predict.PredictParams):
 def baseline_predictions(image: np.ndarray) -> dict[str, np.ndarray]:
     """Trivial stored label maps for a (4, Z, Y, X) stacked image (before standardisation)."""
     brain = np.any(image != 0, axis=0)
-    return {"all_background": np.zeros(brain.shape, np.uint8),
-            "all_foreground_in_brain": np.where(brain, 3, 0).astype(np.uint8)}
+    return {
+        "all_background": np.zeros(brain.shape, np.uint8),
+        "all_foreground_in_brain": np.where(brain, 3, 0).astype(np.uint8),
+    }
 
 
-def headline(per_case: Mapping[str, Mapping[str, Mapping[str, float]]], bootstrap: Mapping[str, float],
-             seed: int) -> dict[str, dict[str, Any]]:
+def headline(
+    per_case: Mapping[str, Mapping[str, Mapping[str, float]]], bootstrap: Mapping[str, float], seed: int
+) -> dict[str, dict[str, Any]]:
     """The metrics.json headline block: ``HEADLINE``'s means over the test cases (``per_case`` in case
     order, as ``summarise``'s ``mean``; NaN skipped) with percentile bootstrap intervals over cases."""
     rows = list(per_case.values())
-    return {name: mean_metric([r[structure][metric] for r in rows], n_boot=int(bootstrap["bootstrap_samples"]),
-                              seed=seed, level=float(bootstrap["confidence"]))
-            for name, (structure, metric) in HEADLINE.items()}
+    return {
+        name: mean_metric(
+            [r[structure][metric] for r in rows],
+            n_boot=int(bootstrap["bootstrap_samples"]),
+            seed=seed,
+            level=float(bootstrap["confidence"]),
+        )
+        for name, (structure, metric) in HEADLINE.items()
+    }
 
 
 def evaluate(
@@ -105,8 +114,9 @@ def evaluate(
     meta = ckpt.get("meta", {})
     lacking = [k for k in ("model", "patch_size", "threshold") if k not in meta]
     if lacking:
-        raise InputError(checkpoint, "not a U-Net checkpoint of brats_segmentation_train "
-                                     f"(meta lacks {', '.join(lacking)})")
+        raise InputError(
+            checkpoint, f"not a U-Net checkpoint of brats_segmentation_train (meta lacks {', '.join(lacking)})"
+        )
     device = device or select_device(job.threads)
     model = load_model(ckpt, device)  # channels-last: the faster kernels, as in training
     window, threshold = meta["patch_size"], float(meta["threshold"])
@@ -118,18 +128,38 @@ def evaluate(
         for case in cases:  # one case in memory at a time
             start = time.perf_counter()
             stack = read_stack(stack_files[case])
-            pred = predict.predict_case(model, stack.image, window, params, threshold=threshold, device=device,
-                                        bf16=job.bf16, standardize=standardize)
+            pred = predict.predict_case(
+                model,
+                stack.image,
+                window,
+                params,
+                threshold=threshold,
+                device=device,
+                bf16=job.bf16,
+                standardize=standardize,
+            )
             per_case[case] = case_metrics(pred, stack.label, stack.spacing_zyx)
             for name, base in baseline_predictions(stack.image).items():
                 per_baseline[name][case] = case_metrics(base, stack.label, stack.spacing_zyx, with_hd95=False)
             full = predict.uncrop(regions.to_brats(pred), stack.kept_z_range, stack.original_shape_zyx)
             predict.write_nifti(full, stack.affine, tmp_pred / f"{case}.nii.gz")
             if len(per_case) <= params.n_overlays:
-                plot_overlay(stack.image[0], stack.label, pred, tmp_ov / f"{case}.png", title=case,
-                             z_offset=stack.kept_z_range[0])
-            log.info("%s: WT %.3f TC %.3f ET %.3f (Dice) | %.1f s", case, per_case[case]["WT"]["dice"],
-                     per_case[case]["TC"]["dice"], per_case[case]["ET"]["dice"], time.perf_counter() - start)
+                plot_overlay(
+                    stack.image[0],
+                    stack.label,
+                    pred,
+                    tmp_ov / f"{case}.png",
+                    title=case,
+                    z_offset=stack.kept_z_range[0],
+                )
+            log.info(
+                "%s: WT %.3f TC %.3f ET %.3f (Dice) | %.1f s",
+                case,
+                per_case[case]["WT"]["dice"],
+                per_case[case]["TC"]["dice"],
+                per_case[case]["ET"]["dice"],
+                time.perf_counter() - start,
+            )
 
     result = {
         "headline": headline(per_case, params.bootstrap, job.seed),
@@ -146,10 +176,15 @@ def evaluate(
     io.write_json(outputs["metrics"], result)
     write_per_case_csv(outputs["per_case"], per_case, per_baseline)
     mean = result["mean"]
-    log.info("mean Dice WT %.3f TC %.3f ET %.3f over %d test cases; baselines WT: all-background %.3f, all-brain %.3f",
-             mean["WT"]["dice"], mean["TC"]["dice"], mean["ET"]["dice"], len(cases),
-             result["baselines"]["all_background"]["mean"]["WT"]["dice"],
-             result["baselines"]["all_foreground_in_brain"]["mean"]["WT"]["dice"])
+    log.info(
+        "mean Dice WT %.3f TC %.3f ET %.3f over %d test cases; baselines WT: all-background %.3f, all-brain %.3f",
+        mean["WT"]["dice"],
+        mean["TC"]["dice"],
+        mean["ET"]["dice"],
+        len(cases),
+        result["baselines"]["all_background"]["mean"]["WT"]["dice"],
+        result["baselines"]["all_foreground_in_brain"]["mean"]["WT"]["dice"],
+    )
     if job.track:
         _log_mlflow(result, outputs, job)
     return result
@@ -190,15 +225,21 @@ def _log_mlflow(result: dict, outputs: Mapping[str, Any], job: Job) -> None:
     extra = {k: v for k, v in flat_row(result["mean"]).items() if not k.endswith(("_std", "_median"))}
     for name, res in result["baselines"].items():
         extra[f"baseline_{name}_WT_dice"] = res["mean"]["WT"]["dice"]
-    tracking.log_evaluation(EXPERIMENT, job.rule or RULE, headline=result["headline"],
-                            training_run_id=result["training_run_id"],
-                            artifacts=[outputs["metrics"], outputs["per_case"], outputs["overlays"]],
-                            params={**result["params"], "n_cases": result["n_cases"]}, rule=job.rule,
-                            extra_metrics=extra)
+    tracking.log_evaluation(
+        EXPERIMENT,
+        job.rule or RULE,
+        headline=result["headline"],
+        training_run_id=result["training_run_id"],
+        artifacts=[outputs["metrics"], outputs["per_case"], outputs["overlays"]],
+        params={**result["params"], "n_cases": result["n_cases"]},
+        rule=job.rule,
+        extra_metrics=extra,
+    )
 
 
-def plot_overlay(flair: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | os.PathLike, title: str = "",
-                 z_offset: int = 0) -> Path:
+def plot_overlay(
+    flair: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | os.PathLike, title: str = "", z_offset: int = 0
+) -> Path:
     """PNG of the axial slice with the most tumour: FLAIR, ground truth and prediction side by side.
 
     ``flair`` (Z, Y, X) intensities, ``truth`` / ``pred`` (Z, Y, X) stored labels; ``z_offset`` turns

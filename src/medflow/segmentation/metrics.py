@@ -62,8 +62,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float
     # costs: every surface voxel, and so every nearest neighbour, lies inside it.
     union = pred | truth
     box = tuple(
-        slice(max(int(idx.min()) - 1, 0), min(int(idx.max()) + 2, n))
-        for idx, n in zip(np.nonzero(union), union.shape)
+        slice(max(int(idx.min()) - 1, 0), min(int(idx.max()) + 2, n)) for idx, n in zip(np.nonzero(union), union.shape)
     )
     s_pred, s_truth = _surface(pred[box]), _surface(truth[box])
     spacing = tuple(float(s) for s in spacing)

@@ -119,13 +119,20 @@ def make_model(params, channels_last: bool = True) -> UNet3D:
     Channels-last 3D weights select oneDNN's / cuDNN's faster convolution kernels (about 1.8x on the CPU
     for the demo model, benchmarks/bench_unet3d.py); the values, and so the checkpoint, are the same.
     """
-    model = UNet3D(in_channels=N_MODALITIES, n_labels=N_LABELS, depth=params.depth, base_filters=params.base_filters,
-                   batch_norm=params.batch_norm, upsampling=params.upsampling)
+    model = UNet3D(
+        in_channels=N_MODALITIES,
+        n_labels=N_LABELS,
+        depth=params.depth,
+        base_filters=params.base_filters,
+        batch_norm=params.batch_norm,
+        upsampling=params.upsampling,
+    )
     return model.to(memory_format=torch.channels_last_3d) if channels_last else model
 
 
-def load_model(checkpoint: str | os.PathLike | Mapping[str, Any], device: torch.device | None = None,
-               channels_last: bool = True) -> UNet3D:
+def load_model(
+    checkpoint: str | os.PathLike | Mapping[str, Any], device: torch.device | None = None, channels_last: bool = True
+) -> UNet3D:
     """The trained U-Net of a checkpoint (a path, or the dict ``medflow.train.load_checkpoint`` returns),
     in eval mode on ``device`` (the CPU by default), channels-last as in training.
 

@@ -154,9 +154,17 @@ def predict_case(
     standardize = standardize or patch_standardize
     per_window = params.standardise == "window"
     x = image if per_window else standardize(image)
-    probs = sliding_window(model, x, window, overlap=params.overlap, batch_size=params.batch_size,
-                           blend=params.blend, device=device, bf16=bf16,
-                           transform=standardize if per_window else None)
+    probs = sliding_window(
+        model,
+        x,
+        window,
+        overlap=params.overlap,
+        batch_size=params.batch_size,
+        blend=params.blend,
+        device=device,
+        bf16=bf16,
+        transform=standardize if per_window else None,
+    )
     return regions.probabilities_to_labels(probs, threshold)
 
 
@@ -181,11 +189,15 @@ def score_patches(
         probs = m(image)
         pred_m = regions.masks(regions.probabilities_to_labels(probs.float(), threshold, axis=1))
         true_m = regions.masks(regions.onehot_to_labels(label, axis=1))
-        counts = torch.stack([torch.stack([(pred_m[s] & true_m[s]).sum(), pred_m[s].sum(), true_m[s].sum()])
-                              for s in regions.STRUCTURES])
+        counts = torch.stack(
+            [torch.stack([(pred_m[s] & true_m[s]).sum(), pred_m[s].sum(), true_m[s].sum()]) for s in regions.STRUCTURES]
+        )
         # One row per batch: the loss is a batch statistic (sums over the whole batch).
-        return {"loss": soft_dice_loss(probs, label, dice_epsilon).reshape(1),
-                "n": torch.tensor([len(image)]), "counts": counts[None]}
+        return {
+            "loss": soft_dice_loss(probs, label, dice_epsilon).reshape(1),
+            "n": torch.tensor([len(image)]),
+            "counts": counts[None],
+        }
 
     out = predict_batches(model, loader, device, bf16=bf16, forward=forward)
     loss_sum = 0.0

@@ -60,8 +60,10 @@ def masks(stored):
     else:
         import torch
 
-        out = {name: torch.isin(stored, torch.tensor(labels, device=stored.device))
-               for name, labels in REGIONS_STORED.items()}
+        out = {
+            name: torch.isin(stored, torch.tensor(labels, device=stored.device))
+            for name, labels in REGIONS_STORED.items()
+        }
     for name, label in zip(LABEL_NAMES, STORED_LABELS):
         out[name] = stored == label
     return out

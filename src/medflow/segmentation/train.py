@@ -72,8 +72,9 @@ def make_steps(params: UNetParams, bf16: bool = True):
         return soft_dice_loss(model(image), label, params.dice_epsilon)
 
     def evaluate(model, loader) -> dict[str, float]:
-        loss_sum, n, counts = predict.score_patches(model, loader, threshold=params.threshold,
-                                                    dice_epsilon=params.dice_epsilon, bf16=bf16)
+        loss_sum, n, counts = predict.score_patches(
+            model, loader, threshold=params.threshold, dice_epsilon=params.dice_epsilon, bf16=bf16
+        )
         out = {"loss": loss_sum / max(n, 1)}
         scores = {name: dice_from_counts(*counts[name]) for name in regions.STRUCTURES}
         out["dice"] = sum(scores[name] for name in regions.LABEL_NAMES) / len(regions.LABEL_NAMES)
@@ -108,35 +109,63 @@ def train(
         if len(ds) == 0:
             raise InputError(split_csv, f"the {name} cases hold no patches")
     if train_ds.patch_size != val_ds.patch_size:
-        raise InputError(patch_files[cases["val"][0]],
-                         f"val patch size {val_ds.patch_size} differs from train {train_ds.patch_size}")
+        raise InputError(
+            patch_files[cases["val"][0]], f"val patch size {val_ds.patch_size} differs from train {train_ds.patch_size}"
+        )
     device = device or select_device(job.threads)
-    log.info("train: %d patches from %d cases; val: %d patches from %d cases; patch %s",
-             len(train_ds), len(cases["train"]), len(val_ds), len(cases["val"]), train_ds.patch_size)
+    log.info(
+        "train: %d patches from %d cases; val: %d patches from %d cases; patch %s",
+        len(train_ds),
+        len(cases["train"]),
+        len(val_ds),
+        len(cases["val"]),
+        train_ds.patch_size,
+    )
 
     seed_everything(job.seed)  # weights start the same on every run with this seed
     model = make_model(params)
     bad = [s for s in train_ds.patch_size if s % model.divisor]
     if bad:
-        raise InputError(patch_files[cases["train"][0]],
-                         f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; "
-                         "change the patch size or brats.segmentation.train.depth")
+        raise InputError(
+            patch_files[cases["train"][0]],
+            f"patch size {train_ds.patch_size} is not divisible by 2**(depth-1) = {model.divisor}; "
+            "change the patch size or brats.segmentation.train.depth",
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     # Every patch trains (drop_lone=False): BatchNorm3d normalises over a lone patch's voxels, so a
     # last batch of one is no problem here, and dropping it would change the training.
-    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=params.batch_size, device=device,
-                                            threads=job.threads, drop_lone=False)
+    train_loader, val_loader = make_loaders(
+        train_ds, val_ds, batch_size=params.batch_size, device=device, threads=job.threads, drop_lone=False
+    )
     train_step, evaluate = make_steps(params, bf16=job.bf16)
 
-    hyper = {**asdict(params), "seed": job.seed, "patch_size": list(train_ds.patch_size), "optimizer": "adam",
-             "loss": "soft_dice_squared", "n_train_cases": len(cases["train"]), "n_val_cases": len(cases["val"]),
-             "n_train_patches": len(train_ds), "n_val_patches": len(val_ds),
-             "n_parameters": sum(p.numel() for p in model.parameters())}
-    meta = {"model": model.config, "patch_size": list(train_ds.patch_size), "threshold": params.threshold,
-            "modalities": list(MODALITIES), "labels": list(regions.BRATS_LABELS), "hyperparameters": hyper}
+    hyper = {
+        **asdict(params),
+        "seed": job.seed,
+        "patch_size": list(train_ds.patch_size),
+        "optimizer": "adam",
+        "loss": "soft_dice_squared",
+        "n_train_cases": len(cases["train"]),
+        "n_val_cases": len(cases["val"]),
+        "n_train_patches": len(train_ds),
+        "n_val_patches": len(val_ds),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    meta = {
+        "model": model.config,
+        "patch_size": list(train_ds.patch_size),
+        "threshold": params.threshold,
+        "modalities": list(MODALITIES),
+        "labels": list(regions.BRATS_LABELS),
+        "hyperparameters": hyper,
+    }
     result = fit(
-        model, optimizer, train_loader, val_loader,
-        train_step=train_step, evaluate=evaluate,
+        model,
+        optimizer,
+        train_loader,
+        val_loader,
+        train_step=train_step,
+        evaluate=evaluate,
         cfg=fit_config(params, monitor="val_dice", mode="max", job=job),
         device=device,
         checkpoint_path=checkpoint,
@@ -148,6 +177,7 @@ def train(
     train_ds.close()
     val_ds.close()
     best = float("nan") if result.best_score is None else result.best_score
-    log.info("best val_dice %.4f at epoch %d%s", best, result.best_epoch,
-             " (stopped early)" if result.stopped_early else "")
+    log.info(
+        "best val_dice %.4f at epoch %d%s", best, result.best_epoch, " (stopped early)" if result.stopped_early else ""
+    )
     return result
