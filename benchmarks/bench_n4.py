@@ -64,10 +64,15 @@ def main():
 
     r = corr(fast, full, brain)
     print(f"N4 speed-up: {full_wall / fast_wall:.1f}x wall, {full_cpu / fast_cpu:.1f}x CPU (target >= 8x)")
-    print(f"log bias field correlation in the brain mask, shrink {args.shrink} vs full resolution: {r:.4f} (target >= 0.95)")
+    print(
+        f"log bias field correlation in the brain mask, shrink {args.shrink} vs full resolution: "
+        f"{r:.4f} (target >= 0.95)"
+    )
     if truth is not None:
-        print(f"correlation with the true synthetic log field: shrink {args.shrink} {corr(fast, truth, brain):.4f}, "
-              f"full resolution {corr(full, truth, brain):.4f}")
+        print(
+            f"correlation with the true synthetic log field: shrink {args.shrink} {corr(fast, truth, brain):.4f}, "
+            f"full resolution {corr(full, truth, brain):.4f}"
+        )
 
 
 if __name__ == "__main__":

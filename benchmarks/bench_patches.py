@@ -40,8 +40,21 @@ def to_categorical(y, num_classes):
     return np.reshape(categorical, input_shape + (num_classes,))
 
 
-def get_sub_volume(image, label, orig_x, orig_y, orig_z, output_x=160, output_y=160, output_z=16,
-                   num_classes=4, max_tries=1000, background_threshold=0.95, counter=None, copy_image=True):
+def get_sub_volume(
+    image,
+    label,
+    orig_x,
+    orig_y,
+    orig_z,
+    output_x=160,
+    output_y=160,
+    output_z=16,
+    num_classes=4,
+    max_tries=1000,
+    background_threshold=0.95,
+    counter=None,
+    copy_image=True,
+):
     """The tutorial's sampler (image (X, Y, Z, 4), label (X, Y, Z)); ``counter`` collects the tries,
     ``copy_image=False`` skips the image copy (to time the sampling alone)."""
     tries = 0
@@ -56,7 +69,9 @@ def get_sub_volume(image, label, orig_x, orig_y, orig_z, output_x=160, output_y=
         if bgrd_ratio < background_threshold:
             X = None
             if copy_image:
-                X = np.copy(image[start_x : start_x + output_x, start_y : start_y + output_y, start_z : start_z + output_z, :])
+                X = np.copy(
+                    image[start_x : start_x + output_x, start_y : start_y + output_y, start_z : start_z + output_z, :]
+                )
                 X = np.moveaxis(X, 3, 0)
             y = np.moveaxis(y, 3, 0)
             y = y[1:, :, :, :]
@@ -95,7 +110,9 @@ def bench_case(args, grade, scale):
     images, seg, _ = real_size_case(grade=grade, tumour_scale=scale)
     start, stop = kept_range(np.any([signal_per_slice(v) for v in images.values()], axis=0))
     # C order (Z, Y, X), as the stacked case is read from HDF5.
-    image_zyx = np.ascontiguousarray(np.stack([to_zyx(images[m])[start:stop] for m in ("flair", "t1", "t1ce", "t2")]), np.float32)
+    image_zyx = np.ascontiguousarray(
+        np.stack([to_zyx(images[m])[start:stop] for m in ("flair", "t1", "t1ce", "t2")]), np.float32
+    )
     label_zyx = np.ascontiguousarray(to_stored_label(to_zyx(seg))[start:stop])
     del images
     image_xyzc = np.ascontiguousarray(image_zyx.transpose(3, 2, 1, 0))  # the tutorial's layout
@@ -113,16 +130,32 @@ def bench_case(args, grade, scale):
 
     def tutorial(n, seed, with_image, counter):
         np.random.seed(seed)
-        return [get_sub_volume(image_xyzc, label_xyz, ox, oy, oz, px, py, pz, background_threshold=args.threshold,
-                               counter=counter, copy_image=with_image) for _ in range(n)]
+        return [
+            get_sub_volume(
+                image_xyzc,
+                label_xyz,
+                ox,
+                oy,
+                oz,
+                px,
+                py,
+                pz,
+                background_threshold=args.threshold,
+                counter=counter,
+                copy_image=with_image,
+            )
+            for _ in range(n)
+        ]
 
     rows = []
     for n in args.n:
         row = {"grade": grade, "wt_cm3": (seg > 0).sum() / 1000, "n": n}
         for with_image in (False, True):
-            t_ours, (patches, table) = best(lambda r: ours(n, r, with_image), args.repeats)
+            t_ours, (patches, table) = best(lambda r, n=n, with_image=with_image: ours(n, r, with_image), args.repeats)
             tries: list = []
-            t_tut, tut = best(lambda r: tutorial(n, r, with_image, tries), args.repeats)
+            t_tut, tut = best(
+                lambda r, n=n, with_image=with_image, tries=tries: tutorial(n, r, with_image, tries), args.repeats
+            )
             key = "image" if with_image else "sampling"
             row[key] = (t_tut, t_ours)
             row["tries"] = np.mean(tries)
@@ -131,10 +164,12 @@ def bench_case(args, grade, scale):
         rows.append(row)
         s_t, s_o = row["sampling"]
         i_t, i_o = row["image"]
-        print(f"{grade} WT {row['wt_cm3']:5.0f} cm3, acceptable origins {100 * row['acceptable']:5.1f}%, N={n:3d}: "
-              f"tutorial {row['tries']:6.1f} tries/patch, found {row['found'][0]:.0f}/{n} (ours {row['found'][1]}/{n}) | "
-              f"sampling {s_t * 1000:8.1f} vs {s_o * 1000:6.1f} ms = {s_t / s_o:6.1f}x | "
-              f"with image {i_t * 1000:8.1f} vs {i_o * 1000:6.1f} ms = {i_t / i_o:6.1f}x")
+        print(
+            f"{grade} WT {row['wt_cm3']:5.0f} cm3, acceptable origins {100 * row['acceptable']:5.1f}%, N={n:3d}: "
+            f"tutorial {row['tries']:6.1f} tries/patch, found {row['found'][0]:.0f}/{n} (ours {row['found'][1]}/{n}) | "
+            f"sampling {s_t * 1000:8.1f} vs {s_o * 1000:6.1f} ms = {s_t / s_o:6.1f}x | "
+            f"with image {i_t * 1000:8.1f} vs {i_o * 1000:6.1f} ms = {i_t / i_o:6.1f}x"
+        )
     return rows, image_zyx
 
 
@@ -143,8 +178,12 @@ def main():
     ap.add_argument("--n", type=int, nargs="+", default=[8, 32], help="patches per case")
     ap.add_argument("--patch", type=int, nargs=3, default=[16, 160, 160], help="(Z, Y, X)")
     ap.add_argument("--threshold", type=float, default=0.95)
-    ap.add_argument("--cases", nargs="+", default=["HGG:0.6", "HGG:0.45", "LGG:0.6", "LGG:0.45"],
-                    help="grade:tumour_scale of each synthetic case")
+    ap.add_argument(
+        "--cases",
+        nargs="+",
+        default=["HGG:0.6", "HGG:0.45", "LGG:0.6", "LGG:0.45"],
+        help="grade:tumour_scale of each synthetic case",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="best of this many runs of each")
     args = ap.parse_args()
     print(f"patch (Z, Y, X) {tuple(args.patch)}, background threshold {args.threshold} (target: >= 20x)")

@@ -21,7 +21,9 @@ DETECTED = {"killed", "timeout", "segfault"}
 
 
 def results() -> dict[str, str]:
-    out = subprocess.run(["mutmut", "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["mutmut", "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     pairs = (line.strip().rsplit(": ", 1) for line in out.splitlines() if "__mutmut_" in line)
     return {name: status for name, status in pairs}
 
@@ -40,7 +42,9 @@ def equivalents(doc: Path) -> set[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--min", type=float, default=90.0, help="target per module, percent of non-equivalent mutants killed")
+    ap.add_argument(
+        "--min", type=float, default=90.0, help="target per module, percent of non-equivalent mutants killed"
+    )
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "testing.md")
     args = ap.parse_args()
     status = results()
@@ -73,7 +77,9 @@ def main() -> int:
     for mod, names in sorted(survivors.items()):
         print(f"\nsurviving in {mod}:\n  " + "\n  ".join(names))
     if unknown:
-        print(f"\n{len(unknown)} mutants listed as equivalent are not in the results (renumbered?): {sorted(unknown)[:5]}")
+        print(
+            f"\n{len(unknown)} mutants listed as equivalent are not in the results (renumbered?): {sorted(unknown)[:5]}"
+        )
     return 0 if ok else 1
 
 

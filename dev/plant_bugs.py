@@ -26,9 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy_tree(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout
-    tar = subprocess.Popen(["tar", "cf", "-", "--null", "-T", "-"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    tar = subprocess.Popen(
+        ["tar", "cf", "-", "--null", "-T", "-"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
     untar = subprocess.Popen(["tar", "xf", "-", "-C", str(dest)], stdin=tar.stdout)
     tar.stdin.write(files)
     tar.stdin.close()
@@ -39,8 +42,13 @@ def copy_tree(dest: Path) -> None:
 def run_tests(tree: Path, tests: list[str]) -> tuple[int, float, str]:
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests], cwd=tree, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED") or " passed" in ln or " failed" in ln]
     return proc.returncode, time.perf_counter() - start, "; ".join(lines[-2:])
 
@@ -76,7 +84,9 @@ def main(argv: list[str]) -> int:
             path = tree / bug["file"]
             text = path.read_text()
             if text.count(bug["old"]) != 1:
-                print(f"[{bug['group']}] {bug['bug']}: the excerpt occurs {text.count(bug['old'])} times in {bug['file']}")
+                print(
+                    f"[{bug['group']}] {bug['bug']}: the excerpt occurs {text.count(bug['old'])} times in {bug['file']}"
+                )
                 ok = False
                 continue
             path.write_text(text.replace(bug["old"], bug["new"]))

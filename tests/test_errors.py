@@ -74,7 +74,7 @@ def test_other_exceptions_pass_through():
     with pytest.raises(ZeroDivisionError):
         with Problems() as problems:
             problems.add("/d/a.csv", "no rows")
-            1 / 0
+            _ = 1 / 0
 
 
 def test_nested_collections_flatten_and_pickle():

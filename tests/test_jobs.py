@@ -45,14 +45,20 @@ def _raise(exc):
 
 def test_every_problem_goes_to_log_and_console_without_traceback(job):
     log_path, console, hook = job()
-    err = InputErrors([InputError("/raw/train/axial/0002.npy", "dtype float32, expected uint8"),
-                       InputError("/raw/train/coronal/0003.npy", "missing"),
-                       InputError("/raw/valid-acl.csv", "line 4: label '2' is not 0 or 1")])
+    err = InputErrors(
+        [
+            InputError("/raw/train/axial/0002.npy", "dtype float32, expected uint8"),
+            InputError("/raw/train/coronal/0003.npy", "missing"),
+            InputError("/raw/valid-acl.csv", "line 4: label '2' is not 0 or 1"),
+        ]
+    )
     hook(*_raise(err))
-    expected = ["ERROR: /raw/train/axial/0002.npy: dtype float32, expected uint8",
-                "ERROR: /raw/train/coronal/0003.npy: missing",
-                "ERROR: /raw/valid-acl.csv: line 4: label '2' is not 0 or 1",
-                "ERROR: 3 problems in the input; nothing was written"]
+    expected = [
+        "ERROR: /raw/train/axial/0002.npy: dtype float32, expected uint8",
+        "ERROR: /raw/train/coronal/0003.npy: missing",
+        "ERROR: /raw/valid-acl.csv: line 4: label '2' is not 0 or 1",
+        "ERROR: 3 problems in the input; nothing was written",
+    ]
     text = log_path.read_text()
     assert text.splitlines() == expected and "Traceback" not in text
     assert console.getvalue().splitlines() == expected + [f"(see {log_path})"]

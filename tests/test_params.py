@@ -29,10 +29,25 @@ class Model:
 
 
 def test_builds_nested_dataclasses_and_turns_lists_into_tuples():
-    got = from_config(Model, {"channels": [8, 16], "kernel": [5, 5], "crop": [64, 32],
-                              "augment": {"rotate_deg": 10, "hflip": True}, "stages": [{"hflip": True}], "names": ["a"]})
-    assert got == Model(channels=(8, 16), kernel=(5, 5), crop=(64, 32), augment=Augment(10, True),
-                        stages=[Augment(hflip=True)], names=["a"])
+    got = from_config(
+        Model,
+        {
+            "channels": [8, 16],
+            "kernel": [5, 5],
+            "crop": [64, 32],
+            "augment": {"rotate_deg": 10, "hflip": True},
+            "stages": [{"hflip": True}],
+            "names": ["a"],
+        },
+    )
+    assert got == Model(
+        channels=(8, 16),
+        kernel=(5, 5),
+        crop=(64, 32),
+        augment=Augment(10, True),
+        stages=[Augment(hflip=True)],
+        names=["a"],
+    )
     # Tuples, not lists (a list equals no tuple, so the == above checks this too): hashable config values.
     assert all(isinstance(v, tuple) for v in (got.channels, got.kernel, got.crop)) and isinstance(got.names, list)
 

@@ -25,16 +25,24 @@ def store(tmp_path, monkeypatch):
 
 
 def _write(tmp_path, files, uri):
-    report.write_report(files, tmp_path / "report" / "report.html", tmp_path / "report" / "summary.md",
-                        config={"seed": 42}, commit="abc123", tracking_uri=uri)
+    report.write_report(
+        files,
+        tmp_path / "report" / "report.html",
+        tmp_path / "report" / "summary.md",
+        config={"seed": 42},
+        commit="abc123",
+        tracking_uri=uri,
+    )
     return (tmp_path / "report" / "report.html").read_text(), (tmp_path / "report" / "summary.md").read_text()
 
 
 def test_report_has_headlines_with_intervals_plots_runs_config_and_commit(tmp_path, store):
     seg = tmp_path / "brats" / "segmentation"
     (seg / "overlays" / "deeper").mkdir(parents=True)
-    io.write_json(seg / "metrics.json", {"headline": {"dice_wt": _entry(0.81234, 0.7654, 0.85, 12),
-                                                      "hd95_wt": _entry(4.5, math.nan, math.nan, 12)}})
+    io.write_json(
+        seg / "metrics.json",
+        {"headline": {"dice_wt": _entry(0.81234, 0.7654, 0.85, 12), "hd95_wt": _entry(4.5, math.nan, math.nan, 12)}},
+    )
     fig = plt.figure()
     fig.savefig(seg / "overlays" / "case1.png")
     fig.savefig(seg / "overlays" / "deeper" / "fold0_curves.png")  # two folders down: not collected
@@ -42,8 +50,9 @@ def test_report_has_headlines_with_intervals_plots_runs_config_and_commit(tmp_pa
     io.write_json(mrnet / "metrics.json", {"headline": {"auc_acl": _entry(0.90123, 0.8, 0.95, 120)}})
     with tracking.run("mrnet", "acl_axial", rule="mrnet_train"):
         pass
-    html, md = _write(tmp_path, {"brats_segmentation": str(seg / "metrics.json"), "mrnet": str(mrnet / "metrics.json")},
-                      store)
+    html, md = _write(
+        tmp_path, {"brats_segmentation": str(seg / "metrics.json"), "mrnet": str(mrnet / "metrics.json")}, store
+    )
     assert "| BraTS segmentation (3D U-Net) | dice_wt | 0.812 | [0.765, 0.850] | 12 |" in md
     assert "| BraTS segmentation (3D U-Net) | hd95_wt | 4.500 | n/a | 12 |" in md  # NaN interval
     assert "| MRNet knee MRI (stacked planes) | auc_acl | 0.901 | [0.800, 0.950] | 120 |" in md
@@ -58,10 +67,15 @@ def test_report_has_headlines_with_intervals_plots_runs_config_and_commit(tmp_pa
 
 def test_report_shows_only_the_headline_block(tmp_path, store):
     rsna = tmp_path / "rsna"
-    io.write_json(rsna / "metrics.json", {
-        "headline": {"auc_with_metadata": _entry(0.77, 0.7, 0.83, 300)},
-        "image_only": {"auc": 0.6543}, "sensitivity_at_spec90": 0.4321, "n_images": 999,
-    })
+    io.write_json(
+        rsna / "metrics.json",
+        {
+            "headline": {"auc_with_metadata": _entry(0.77, 0.7, 0.83, 300)},
+            "image_only": {"auc": 0.6543},
+            "sensitivity_at_spec90": 0.4321,
+            "n_images": 999,
+        },
+    )
     html, md = _write(tmp_path, {"rsna": str(rsna / "metrics.json")}, store)
     for text in (html, md):
         assert "auc_with_metadata" in text and "0.770" in text
@@ -77,8 +91,15 @@ def test_a_metrics_file_without_headline_block_is_one_row_not_a_crash(tmp_path, 
     (mrnet / "summary.csv").write_text("task,auc_stacked\nacl,0.9012\n")  # an old registered CSV
     fig = plt.figure()
     fig.savefig(oct_dir / "confusion.png")
-    html, md = _write(tmp_path, {"oct": str(oct_dir / "metrics.json"), "brats_grade": str(grade / "metrics.json"),
-                                 "mrnet": str(mrnet / "summary.csv")}, store)
+    html, md = _write(
+        tmp_path,
+        {
+            "oct": str(oct_dir / "metrics.json"),
+            "brats_grade": str(grade / "metrics.json"),
+            "mrnet": str(mrnet / "summary.csv"),
+        },
+        store,
+    )
     assert "| OCT retina (VGG16 transfer) | no headline block | n/a | n/a | n/a |" in md
     grade_rows = [line for line in md.splitlines() if line.startswith("| BraTS grade")]
     assert len(grade_rows) == 1 and "malformed headline block" in grade_rows[0]
@@ -91,7 +112,9 @@ def test_a_metrics_file_without_headline_block_is_one_row_not_a_crash(tmp_path, 
 
 
 def test_headline_rows_format():
-    entry = {"headline": {"auc": _entry(0.5, 0.25, 0.75, 7), "dice_et": _entry(math.nan, math.nan, 0.3, 0)},
-             "problem": None}
+    entry = {
+        "headline": {"auc": _entry(0.5, 0.25, 0.75, 7), "dice_et": _entry(math.nan, math.nan, 0.3, 0)},
+        "problem": None,
+    }
     assert report.headline_rows(entry) == [("auc", "0.500", "[0.250, 0.750]", "7"), ("dice_et", "n/a", "n/a", "0")]
     assert report.headline_rows({"headline": {}, "problem": None}) == [("empty headline block", "n/a", "n/a", "n/a")]

@@ -65,25 +65,41 @@ def test_log_evaluation_records_headline_extras_tags_and_artifacts(tmp_path, mon
     (out / "per_class").mkdir(parents=True)
     (out / "metrics.json").write_text("{}")
     (out / "per_class" / "CNV.png").write_bytes(b"png")
-    headline = {"accuracy": {"value": 0.75, "ci_low": 0.7, "ci_high": 0.8, "n": 40},
-                "auc": {"value": 0.9, "ci_low": math.nan, "ci_high": math.nan, "n": 40}}
+    headline = {
+        "accuracy": {"value": 0.75, "ci_low": 0.7, "ci_high": 0.8, "n": 40},
+        "auc": {"value": 0.9, "ci_low": math.nan, "ci_high": math.nan, "n": 40},
+    }
     run_id = tracking.log_evaluation(
-        "oct", "vgg16-test", headline=headline, training_run_id=["abc", "def"],
-        artifacts=[out / "metrics.json", out / "per_class"], params={"top_k": 3}, tags={"variant": "x"},
-        rule="oct_evaluate", extra_metrics={"recall_cnv": 0.5, "recall_dme": math.nan},
+        "oct",
+        "vgg16-test",
+        headline=headline,
+        training_run_id=["abc", "def"],
+        artifacts=[out / "metrics.json", out / "per_class"],
+        params={"top_k": 3},
+        tags={"variant": "x"},
+        rule="oct_evaluate",
+        extra_metrics={"recall_cnv": 0.5, "recall_dme": math.nan},
     )
     client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.experiment_id == client.get_experiment_by_name("oct").experiment_id
     assert run.info.status == "FINISHED" and run.info.run_name == "vgg16-test"
-    assert run.data.metrics == {"test_accuracy": 0.75, "test_accuracy_ci_low": 0.7, "test_accuracy_ci_high": 0.8,
-                                "test_accuracy_n": 40.0, "test_auc": 0.9, "test_auc_n": 40.0,
-                                "test_recall_cnv": 0.5}  # NaN interval and extra not logged
+    assert run.data.metrics == {
+        "test_accuracy": 0.75,
+        "test_accuracy_ci_low": 0.7,
+        "test_accuracy_ci_high": 0.8,
+        "test_accuracy_n": 40.0,
+        "test_auc": 0.9,
+        "test_auc_n": 40.0,
+        "test_recall_cnv": 0.5,
+    }  # NaN interval and extra not logged
     tags = run.data.tags
     assert tags["training_run_id"] == "abc,def" and tags["variant"] == "x" and tags["snakemake_rule"] == "oct_evaluate"
     assert run.data.params == {"top_k": "3"}
-    assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == ["evaluation/metrics.json",
-                                                                             "evaluation/per_class"]
+    assert [a.path for a in client.list_artifacts(run_id, "evaluation")] == [
+        "evaluation/metrics.json",
+        "evaluation/per_class",
+    ]
     assert [a.path for a in client.list_artifacts(run_id, "evaluation/per_class")] == ["evaluation/per_class/CNV.png"]
 
 

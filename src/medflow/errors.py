@@ -15,7 +15,8 @@ pass instead of one rerun per bad file::
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -35,15 +35,19 @@ def _build(cls, mapping, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
-        raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                         f"(expected some of {', '.join(fields)})")
-    missing = [name for name, f in fields.items() if name not in mapping
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise ValueError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"(expected some of {', '.join(fields)})"
+        )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in mapping and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ValueError(f"{where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
     hints = typing.get_type_hints(cls)  # resolves string annotations (``from __future__ import annotations``)
-    kwargs = {name: _convert(hints.get(name, Any), value, f"{where}.{name}")
-              for name, value in mapping.items()}
+    kwargs = {name: _convert(hints.get(name, Any), value, f"{where}.{name}") for name, value in mapping.items()}
     return cls(**kwargs)
 
 
@@ -55,7 +59,9 @@ def _convert(tp, value, path: str):
         for arm in typing.get_args(tp):
             if arm is type(None):
                 continue
-            if (dataclasses.is_dataclass(arm) and isinstance(value, Mapping)) or (_is_tuple(arm) and isinstance(value, list)):
+            if (dataclasses.is_dataclass(arm) and isinstance(value, Mapping)) or (
+                _is_tuple(arm) and isinstance(value, list)
+            ):
                 return _convert(arm, value, path)
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):

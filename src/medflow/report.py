@@ -7,8 +7,9 @@ import base64
 import html
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -106,8 +107,13 @@ def write_report(
     out_html, out_md = Path(out_html), Path(out_md)
 
     # Markdown: relative links, readable in a repository browser.
-    md = ["# medflow evaluation report", "", f"- git commit: `{commit}`",
-          f"- MLflow: `{tracking_uri}` (open with `mlflow ui --backend-store-uri '{tracking_uri}'`)", ""]
+    md = [
+        "# medflow evaluation report",
+        "",
+        f"- git commit: `{commit}`",
+        f"- MLflow: `{tracking_uri}` (open with `mlflow ui --backend-store-uri '{tracking_uri}'`)",
+        "",
+    ]
     md += ["## Headline metrics", "", "95% bootstrap intervals over test patients/cases/exams; n = their number.", ""]
     md += ["| pipeline | metric | value | 95% CI | n |", "|---|---|---|---|---|"]
     for pipeline, d in data.items():

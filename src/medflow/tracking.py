@@ -10,8 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for annotations only: mlflow is slow to import, so functions import it when called
+    import mlflow
 
 # One experiment per pipeline; created up front so jobs never race to create one.
 EXPERIMENTS = ("brats_segmentation", "brats_grade", "mrnet", "rsna", "oct")
@@ -66,7 +70,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str:
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -93,7 +99,7 @@ def run(
     tags: Mapping[str, str] | None = None,
     rule: str | None = None,
     run_id: str | None = None,
-) -> Iterator["mlflow.ActiveRun"]:  # noqa: F821
+) -> Iterator[mlflow.ActiveRun]:
     """Start (or, given ``run_id``, resume) a run with the tags every run carries: git commit and rule.
 
     ``run_id`` continues the same run after a killed job restarts, so its curves stay in one place.
@@ -146,8 +152,14 @@ def log_evaluation(
     block = headline_block(headline)
     metrics: dict[str, float] = {}
     for name, entry in block.items():
-        metrics.update({f"test_{name}": entry["value"], f"test_{name}_ci_low": entry["ci_low"],
-                        f"test_{name}_ci_high": entry["ci_high"], f"test_{name}_n": float(entry["n"])})
+        metrics.update(
+            {
+                f"test_{name}": entry["value"],
+                f"test_{name}_ci_low": entry["ci_low"],
+                f"test_{name}_ci_high": entry["ci_high"],
+                f"test_{name}_n": float(entry["n"]),
+            }
+        )
     for name, v in (extra_metrics or {}).items():
         if f"test_{name}" in metrics:
             raise ValueError(f"extra metric {name!r} collides with a headline metric")
@@ -161,8 +173,9 @@ def log_evaluation(
     for p in paths:  # before the run starts, so a missing file leaves no half-logged run
         if not p.exists():
             raise InputError(p, "evaluation artifact does not exist")
-    with run(experiment, run_name, params=params, tags={**(tags or {}), "training_run_id": training_run_id},
-             rule=rule) as active:
+    with run(
+        experiment, run_name, params=params, tags={**(tags or {}), "training_run_id": training_run_id}, rule=rule
+    ) as active:
         mlflow.log_metrics(metrics)
         for p in paths:
             if p.is_dir():

@@ -88,9 +88,18 @@ def test_one_class_gives_nan_auc_and_the_defined_rate():
 
 
 # A user's matplotlibrc must not change the figures: every setting below differs from what the plots ask for.
-USER_RC = {"figure.dpi": 37, "savefig.dpi": 37, "savefig.format": "svg", "lines.linestyle": ":", "lines.linewidth": 3.0,
-           "axes.prop_cycle": "cycler(color=['red'])", "legend.fontsize": 15, "legend.loc": "upper left",
-           "image.cmap": "viridis", "text.color": "red"}
+USER_RC = {
+    "figure.dpi": 37,
+    "savefig.dpi": 37,
+    "savefig.format": "svg",
+    "lines.linestyle": ":",
+    "lines.linewidth": 3.0,
+    "axes.prop_cycle": "cycler(color=['red'])",
+    "legend.fontsize": 15,
+    "legend.loc": "upper left",
+    "image.cmap": "viridis",
+    "text.color": "red",
+}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -129,9 +138,16 @@ def test_plot_roc_draws_each_two_class_curve_with_its_auc(tmp_path, monkeypatch)
         assert np.allclose(line.get_xdata(), fpr) and np.allclose(line.get_ydata(), tpr)
     chance = lines[2]
     assert np.allclose(chance.get_xdata(), [0, 1]) and np.allclose(chance.get_ydata(), [0, 1])
-    assert chance.get_linestyle() == "--" and chance.get_linewidth() == 1 and to_rgba(chance.get_color()) == to_rgba("grey")
+    assert (
+        chance.get_linestyle() == "--"
+        and chance.get_linewidth() == 1
+        and to_rgba(chance.get_color()) == to_rgba("grey")
+    )
     legend = ax.get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == [f"model (AUC {brute_auc(Y, P):.3f})", f"other (AUC {brute_auc(y2, p2):.3f})"]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        f"model (AUC {brute_auc(Y, P):.3f})",
+        f"other (AUC {brute_auc(y2, p2):.3f})",
+    ]
     assert all(t.get_fontsize() == 8 for t in legend.get_texts())
     box, frame = legend.get_window_extent(), ax.get_window_extent()  # lower right, off the curves
     assert box.x0 > (frame.x0 + frame.x1) / 2 and box.y1 < (frame.y0 + frame.y1) / 2
@@ -166,6 +182,10 @@ def test_plot_confusion_returns_and_draws_the_counts(tmp_path, monkeypatch):
     assert all(t.get_rotation() == 45 and t.get_ha() == "right" for t in xticks)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c", "d"]
     plt.close(fig)
-    cm2, fig = draw(monkeypatch, classification.plot_confusion, y_true, y_pred, ["a", "b", "c", "d"], tmp_path / "cm", title="CM")
-    assert np.array_equal(cm2, expected) and (tmp_path / "cm").read_bytes()[:8] == PNG and fig.axes[0].get_title() == "CM"
+    cm2, fig = draw(
+        monkeypatch, classification.plot_confusion, y_true, y_pred, ["a", "b", "c", "d"], tmp_path / "cm", title="CM"
+    )
+    assert (
+        np.array_equal(cm2, expected) and (tmp_path / "cm").read_bytes()[:8] == PNG and fig.axes[0].get_title() == "CM"
+    )
     plt.close(fig)

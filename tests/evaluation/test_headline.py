@@ -79,8 +79,11 @@ def test_level_sets_the_coverage():
 
 def test_same_seed_same_interval_other_seed_another():
     y, p = _auc_data(120, 5)
-    for f in (lambda s: bootstrap_metric(lambda a, b: np.mean(a == (b > 0.5)), y, p, n_boot=200, seed=s),
-              lambda s: auc_metric(y, p, seed=s), lambda s: mean_metric(p, seed=s)):
+    for f in (
+        lambda s: bootstrap_metric(lambda a, b: np.mean(a == (b > 0.5)), y, p, n_boot=200, seed=s),
+        lambda s: auc_metric(y, p, seed=s),
+        lambda s: mean_metric(p, seed=s),
+    ):
         assert f(7) == f(7)
         assert (f(7)["ci_low"], f(7)["ci_high"]) != (f(8)["ci_low"], f(8)["ci_high"])
 
@@ -185,25 +188,31 @@ def test_bad_arguments_raise():
 
 
 def test_headline_block_accepts_the_contract_and_returns_plain_data():
-    block = headline_block({"dice_wt": {"value": np.float32(0.5), "ci_low": 0.4, "ci_high": np.float64(0.6),
-                                        "n": np.int64(12)},
-                            "auc_with_metadata": mean_metric(np.arange(5.0), n_boot=20)})
+    block = headline_block(
+        {
+            "dice_wt": {"value": np.float32(0.5), "ci_low": 0.4, "ci_high": np.float64(0.6), "n": np.int64(12)},
+            "auc_with_metadata": mean_metric(np.arange(5.0), n_boot=20),
+        }
+    )
     assert block["dice_wt"] == {"value": 0.5, "ci_low": pytest.approx(0.4), "ci_high": 0.6, "n": 12}
     assert type(block["dice_wt"]["n"]) is int and type(block["dice_wt"]["value"]) is float
     assert headline_block({"auc": {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}})
 
 
-@pytest.mark.parametrize("bad", [
-    {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}},  # no n
-    {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3, "std": 0.1}},  # an extra key
-    {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3.0}},
-    {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": -1}},
-    {"auc": {"value": "0.5", "ci_low": 0.4, "ci_high": 0.6, "n": 3}},
-    {"auc": {"value": True, "ci_low": 0.4, "ci_high": 0.6, "n": 3}},
-    {"Dice WT": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3}},
-    {"auc": 0.5},
-    [("auc", 0.5)],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6}},  # no n
+        {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3, "std": 0.1}},  # an extra key
+        {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3.0}},
+        {"auc": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": -1}},
+        {"auc": {"value": "0.5", "ci_low": 0.4, "ci_high": 0.6, "n": 3}},
+        {"auc": {"value": True, "ci_low": 0.4, "ci_high": 0.6, "n": 3}},
+        {"Dice WT": {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3}},
+        {"auc": 0.5},
+        [("auc", 0.5)],
+    ],
+)
 def test_headline_block_rejects_anything_else(bad):
     with pytest.raises(ValueError):
         headline_block(bad)
@@ -211,8 +220,10 @@ def test_headline_block_rejects_anything_else(bad):
 
 def test_read_headline(tmp_path):
     good = tmp_path / "metrics.json"
-    block = {"auc": auc_metric(*_auc_data(40, 11), n_boot=100),
-             "auc_one_class": {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 5}}
+    block = {
+        "auc": auc_metric(*_auc_data(40, 11), n_boot=100),
+        "auc_one_class": {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 5},
+    }
     io.write_json(good, {"headline": block, "per_class": {"CNV": 0.9}})
     got = read_headline(good)
     assert got["auc"] == block["auc"] and math.isnan(got["auc_one_class"]["ci_low"])
@@ -220,9 +231,13 @@ def test_read_headline(tmp_path):
     for name, content in cases.items():
         io.write_json(tmp_path / name, content)
     (tmp_path / "broken.json").write_text("{not json")
-    for name, problem in [("none.json", "no headline block"), ("bad.json", "malformed headline block"),
-                          ("list.json", "no headline block"), ("broken.json", "not a readable JSON"),
-                          ("missing.json", "does not exist")]:
+    for name, problem in [
+        ("none.json", "no headline block"),
+        ("bad.json", "malformed headline block"),
+        ("list.json", "no headline block"),
+        ("broken.json", "not a readable JSON"),
+        ("missing.json", "does not exist"),
+    ]:
         with pytest.raises(InputError, match=problem) as err:
             read_headline(tmp_path / name)
         assert err.value.path == str(tmp_path / name)

@@ -68,8 +68,16 @@ def cases(tmp_path_factory):
 
 
 TRAIN = {
-    "weights": "none", "conv1_init": "mean", "epochs": 2, "patience": 0, "monitor": "val_auc", "batch_size": 8,
-    "lr": 0.001, "weight_decay": 0.0, "class_weights": "balanced", "augment": {"hflip": True, "intensity": 0.1},
+    "weights": "none",
+    "conv1_init": "mean",
+    "epochs": 2,
+    "patience": 0,
+    "monitor": "val_auc",
+    "batch_size": 8,
+    "lr": 0.001,
+    "weight_decay": 0.0,
+    "class_weights": "balanced",
+    "augment": {"hflip": True, "intensity": 0.1},
 }
 BOOTSTRAP = {"bootstrap_samples": 200, "confidence": 0.9}
 
@@ -114,18 +122,44 @@ def run(cases, tmp_path_factory):
     try:
         write_slices(stacks, split_csv, tmp / "slices.h5", select="top_k", top_k=3, min_tumour_pixels=5, size=32)
         stage["name"] = "train"
-        result = train({"slices": tmp / "slices.h5"}, {"checkpoint": tmp / "model.pt", "curves": tmp / "curves.png"},
-                       from_config(TrainParams, {"train": TRAIN, "aggregate": "mean"}),
-                       Job(threads=1, seed=0, bf16=False, rule="brats_grade_train"))
+        result = train(
+            {"slices": tmp / "slices.h5"},
+            {"checkpoint": tmp / "model.pt", "curves": tmp / "curves.png"},
+            from_config(TrainParams, {"train": TRAIN, "aggregate": "mean"}),
+            Job(threads=1, seed=0, bf16=False, rule="brats_grade_train"),
+        )
         stage["name"] = "evaluate"
-        outputs = {k: tmp / name for k, name in (("metrics", "metrics.json"), ("patients", "patients.csv"),
-                                                 ("slices", "slice_predictions.csv"), ("roc", "roc.png"),
-                                                 ("confusion", "confusion.png"))}
-        params = from_config(EvaluateParams, {"aggregate": "max", "evaluate": {"threshold": 0.5, "batch_size": 16},
-                                              "bootstrap": BOOTSTRAP})
-        metrics = evaluate({"slices": tmp / "slices.h5", "split": split_csv, "checkpoint": tmp / "model.pt"}, outputs,
-                           params, Job(threads=1, seed=3, bf16=False, rule="brats_grade_evaluate"))
+        outputs = {
+            k: tmp / name
+            for k, name in (
+                ("metrics", "metrics.json"),
+                ("patients", "patients.csv"),
+                ("slices", "slice_predictions.csv"),
+                ("roc", "roc.png"),
+                ("confusion", "confusion.png"),
+            )
+        }
+        params = from_config(
+            EvaluateParams,
+            {"aggregate": "max", "evaluate": {"threshold": 0.5, "batch_size": 16}, "bootstrap": BOOTSTRAP},
+        )
+        metrics = evaluate(
+            {"slices": tmp / "slices.h5", "split": split_csv, "checkpoint": tmp / "model.pt"},
+            outputs,
+            params,
+            Job(threads=1, seed=3, bf16=False, rule="brats_grade_evaluate"),
+        )
     finally:
         mp.undo()
-    return {"tmp": tmp, "uri": uri, "result": result, "metrics": metrics, "split": pd.read_csv(split_csv),
-            "calls": calls, "headline_args": headline_args, "outputs": outputs, "params": params, "seed": 3}
+    return {
+        "tmp": tmp,
+        "uri": uri,
+        "result": result,
+        "metrics": metrics,
+        "split": pd.read_csv(split_csv),
+        "calls": calls,
+        "headline_args": headline_args,
+        "outputs": outputs,
+        "params": params,
+        "seed": 3,
+    }

@@ -88,8 +88,9 @@ def test_headline_bootstrap_uses_the_jobs_seed_and_the_config(run):
     assert args[0].tolist() == y.tolist() and np.allclose(args[1], patients["prob_hgg"], atol=1e-6)
     again = headline(y, patients["prob_hgg"].to_numpy(), 0.5, Bootstrap(**BOOTSTRAP), seed=run["seed"])
     for name, entry in run["metrics"]["headline"].items():  # the CSV holds 6 decimals; NaN equals NaN here
-        np.testing.assert_allclose([again[name]["ci_low"], again[name]["ci_high"]],
-                                   [entry["ci_low"], entry["ci_high"]], atol=1e-5)
+        np.testing.assert_allclose(
+            [again[name]["ci_low"], again[name]["ci_high"]], [entry["ci_low"], entry["ci_high"]], atol=1e-5
+        )
 
 
 def test_evaluation_run_is_named_after_the_rule_and_linked_to_training(run):
@@ -109,8 +110,9 @@ def test_params_take_the_rules_blocks():
     root = Path(__file__).parents[2]
     cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
     g = cfg["brats"]["grade"]
-    params = from_config(EvaluateParams, {"aggregate": g["aggregate"], "evaluate": g["evaluate"],
-                                          "bootstrap": cfg["evaluation"]})
+    params = from_config(
+        EvaluateParams, {"aggregate": g["aggregate"], "evaluate": g["evaluate"], "bootstrap": cfg["evaluation"]}
+    )
     assert params.bootstrap.bootstrap_samples == cfg["evaluation"]["bootstrap_samples"]
     assert params.evaluate.threshold == g["evaluate"]["threshold"]
     with pytest.raises(ValueError, match="'bootstrap'"):

@@ -37,8 +37,10 @@ def test_predict_slices_keeps_each_probability_with_its_slice():
     torch.manual_seed(0)
     model = build_resnet18(4, 2)
     x = torch.randn(5, 4, 32, 32)
-    batches = [(x[[3, 1]], torch.tensor([1, 0]), torch.tensor([3, 1])),
-               (x[[0, 4, 2]], torch.tensor([0, 1, 1]), torch.tensor([0, 4, 2]))]
+    batches = [
+        (x[[3, 1]], torch.tensor([1, 0]), torch.tensor([3, 1])),
+        (x[[0, 4, 2]], torch.tensor([0, 1, 1]), torch.tensor([0, 4, 2])),
+    ]
     prob, y, idx = predict_slices(model, batches, torch.device("cpu"))
     model.eval()
     with torch.no_grad():

@@ -124,6 +124,13 @@ def test_stacks_are_read_and_checked_by_the_one_stack_reader(cases, tmp_path):
     with h5py.File(bad, "a") as f:
         del f.attrs["affine"]
     with pytest.raises(InputError, match="'affine' is missing") as e:
-        write_slices({**stacks, first: str(bad)}, split_csv, tmp_path / "s.h5", select="tumour", top_k=1,
-                     min_tumour_pixels=1, size=32)
+        write_slices(
+            {**stacks, first: str(bad)},
+            split_csv,
+            tmp_path / "s.h5",
+            select="tumour",
+            top_k=1,
+            min_tumour_pixels=1,
+            size=32,
+        )
     assert e.value.path == str(bad)

@@ -14,7 +14,14 @@ from medflow.errors import InputError
 from medflow.ingest import brats
 from medflow.synthetic import brats as sb
 
-CFG = {"n_cases": 4, "hgg_fraction": 0.5, "shape_xyz": [32, 32, 24], "blank_slices": [1, 3], "bias_strength": 0.3, "noise": 0.03}
+CFG = {
+    "n_cases": 4,
+    "hgg_fraction": 0.5,
+    "shape_xyz": [32, 32, 24],
+    "blank_slices": [1, 3],
+    "bias_strength": 0.3,
+    "noise": 0.03,
+}
 CASE = "BraTS20_Training_002"
 
 
@@ -145,8 +152,14 @@ def test_split_by_patient_stratified_by_grade(tmp_path):
     assert list(pd.read_csv(tmp_path / "split.csv").columns) == ["id", "split", "grade"]
     assert sorted(df["id"]) == cases and df["id"].is_unique
     counts = df.groupby(["split", "grade"]).size().to_dict()
-    assert counts == {("test", "HGG"): 2, ("test", "LGG"): 2, ("train", "HGG"): 8, ("train", "LGG"): 8,
-                      ("val", "HGG"): 2, ("val", "LGG"): 2}
+    assert counts == {
+        ("test", "HGG"): 2,
+        ("test", "LGG"): 2,
+        ("train", "HGG"): 8,
+        ("train", "LGG"): 8,
+        ("val", "HGG"): 2,
+        ("val", "LGG"): 2,
+    }
     assert dict(zip(df["id"], df["grade"])) == dict(zip(cases, grades))
     again = brats.write_split(root, cases[::-1], fractions, seed=42, out_csv=tmp_path / "again.csv")
     assert again.equals(df)
@@ -189,9 +202,14 @@ def test_every_problem_of_a_case_is_reported_at_once(raw):
     rewrite(raw, "seg", seg)
     with pytest.raises(InputError) as exc:
         brats.validate_case(raw, CASE)
-    _assert_reported(exc.value, [(path(raw, "flair"), "contains NaN"),
-                                 (path(raw, "t1"), "shape [32, 32, 20] differs from flair's [32, 32, 24]"),
-                                 (path(raw, "seg"), "segmentation values {3} outside")])
+    _assert_reported(
+        exc.value,
+        [
+            (path(raw, "flair"), "contains NaN"),
+            (path(raw, "t1"), "shape [32, 32, 20] differs from flair's [32, 32, 24]"),
+            (path(raw, "seg"), "segmentation values {3} outside"),
+        ],
+    )
 
 
 def test_an_unreadable_flair_does_not_hide_the_other_files(raw):
@@ -200,9 +218,14 @@ def test_an_unreadable_flair_does_not_hide_the_other_files(raw):
     rewrite(raw, "t2", np.ones((32, 32, 20), np.int16))
     with pytest.raises(InputError) as exc:
         brats.validate_case(raw, CASE)
-    _assert_reported(exc.value, [(path(raw, "seg"), "missing segmentation"),
-                                 (path(raw, "flair"), "not a readable NIfTI"),
-                                 (path(raw, "t2"), "shape [32, 32, 20] differs from t1's [32, 32, 24]")])
+    _assert_reported(
+        exc.value,
+        [
+            (path(raw, "seg"), "missing segmentation"),
+            (path(raw, "flair"), "not a readable NIfTI"),
+            (path(raw, "t2"), "shape [32, 32, 20] differs from t1's [32, 32, 24]"),
+        ],
+    )
 
 
 def test_every_missing_or_bad_mapping_row_is_reported_before_anything_is_written(raw, tmp_path):
@@ -211,8 +234,11 @@ def test_every_missing_or_bad_mapping_row_is_reported_before_anything_is_written
     mapping.loc[mapping["BraTS_2020_subject_ID"] == cases[3], "Grade"] = "GBM"
     mapping[~mapping["BraTS_2020_subject_ID"].isin(cases[:2])].to_csv(raw / "name_mapping.csv", index=False)
     csv = raw / "name_mapping.csv"
-    expected = [(csv, f"no row for case {cases[0]}"), (csv, f"no row for case {cases[1]}"),
-                (csv, f"case {cases[3]} has grade 'GBM', expected HGG or LGG")]
+    expected = [
+        (csv, f"no row for case {cases[0]}"),
+        (csv, f"no row for case {cases[1]}"),
+        (csv, f"case {cases[3]} has grade 'GBM', expected HGG or LGG"),
+    ]
     with pytest.raises(InputError) as exc:
         brats.write_split(raw, cases, {"train": 0.5, "test": 0.5}, 0, tmp_path / "split.csv")
     _assert_reported(exc.value, expected)

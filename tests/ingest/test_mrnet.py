@@ -12,13 +12,16 @@ TASKS = ("abnormal", "acl", "meniscus")
 
 def make_download(root, n_train=12, n_valid=4, size=256):
     """A small download in the public layout with zero images (ingest reads headers, not pixels)."""
-    ids = {"train": [f"{i:04d}" for i in range(n_train)], "valid": [f"{i:04d}" for i in range(n_train, n_train + n_valid)]}
+    ids = {
+        "train": [f"{i:04d}" for i in range(n_train)],
+        "valid": [f"{i:04d}" for i in range(n_train, n_train + n_valid)],
+    }
     for split, exams in ids.items():
         for plane in PLANES:
             (root / split / plane).mkdir(parents=True)
             for k, e in enumerate(exams):
                 np.save(root / split / plane / f"{e}.npy", np.zeros((2 + k % 3, size, size), np.uint8))
-        for t, task in enumerate(TASKS):
+        for task in TASKS:
             # abnormal: all but every 4th; acl: every 3rd abnormal; meniscus: every 2nd abnormal
             rows = []
             for k, e in enumerate(exams):
@@ -81,14 +84,38 @@ def _ingest(root, tmp_path):
     "breakage, culprit, message",
     [
         (lambda r: (r / "train/coronal/0003.npy").unlink(), "train/coronal/0003.npy", "has no coronal series"),
-        (lambda r: np.save(r / "train/axial/0002.npy", np.zeros((3, 256, 256), np.int16)), "train/axial/0002.npy", "dtype int16"),
-        (lambda r: np.save(r / "valid/sagittal/0013.npy", np.zeros((256, 256), np.uint8)), "valid/sagittal/0013.npy", "2 dimensions"),
-        (lambda r: np.save(r / "train/axial/0005.npy", np.zeros((3, 256, 128), np.uint8)), "train/axial/0005.npy", "256x128"),
+        (
+            lambda r: np.save(r / "train/axial/0002.npy", np.zeros((3, 256, 256), np.int16)),
+            "train/axial/0002.npy",
+            "dtype int16",
+        ),
+        (
+            lambda r: np.save(r / "valid/sagittal/0013.npy", np.zeros((256, 256), np.uint8)),
+            "valid/sagittal/0013.npy",
+            "2 dimensions",
+        ),
+        (
+            lambda r: np.save(r / "train/axial/0005.npy", np.zeros((3, 256, 128), np.uint8)),
+            "train/axial/0005.npy",
+            "256x128",
+        ),
         (lambda r: (r / "train/axial/0001.npy").write_bytes(b"not an array"), "train/axial/0001.npy", "unreadable"),
-        (lambda r: (r / "train/axial/0001.npy").write_bytes((r / "train/axial/0001.npy").read_bytes()[:300]), "train/axial/0001.npy", "unreadable"),
-        (lambda r: np.save(r / "train/axial/0001.npy", np.array([{"a": 1}], dtype=object)), "train/axial/0001.npy", "unreadable"),
+        (
+            lambda r: (r / "train/axial/0001.npy").write_bytes((r / "train/axial/0001.npy").read_bytes()[:300]),
+            "train/axial/0001.npy",
+            "unreadable",
+        ),
+        (
+            lambda r: np.save(r / "train/axial/0001.npy", np.array([{"a": 1}], dtype=object)),
+            "train/axial/0001.npy",
+            "unreadable",
+        ),
         (lambda r: _drop_line(r / "train-acl.csv", "0006"), "train-acl.csv", "no row for exam 0006"),
-        (lambda r: np.save(r / "train/sagittal/0099.npy", np.zeros((3, 256, 256), np.uint8)), "train-abnormal.csv", "no row for exam 0099"),
+        (
+            lambda r: np.save(r / "train/sagittal/0099.npy", np.zeros((3, 256, 256), np.uint8)),
+            "train-abnormal.csv",
+            "no row for exam 0099",
+        ),
         (lambda r: _replace(r / "valid-meniscus.csv", "0014,0", "0014,2"), "valid-meniscus.csv", "label '2'"),
         (lambda r: _replace(r / "train-abnormal.csv", "0002,1", "0002;1"), "train-abnormal.csv", "line 3"),
         (lambda r: (r / "valid-acl.csv").unlink(), "valid-acl.csv", "missing label file"),
@@ -143,11 +170,14 @@ def test_every_bad_input_is_reported_in_one_run(download, tmp_path):
     _replace(root / "valid-meniscus.csv", "0014,0", "0014,2")
     with pytest.raises(InputError) as err:
         _ingest(root, tmp_path)
-    _assert_reported(err.value, [
-        (root / "train/axial/0002.npy", "dtype float32, expected uint8"),
-        (root / "train/coronal/0003.npy", "has no coronal series"),
-        (root / "valid-meniscus.csv", "line 3: label '2' is not 0 or 1"),
-    ])
+    _assert_reported(
+        err.value,
+        [
+            (root / "train/axial/0002.npy", "dtype float32, expected uint8"),
+            (root / "train/coronal/0003.npy", "has no coronal series"),
+            (root / "valid-meniscus.csv", "line 3: label '2' is not 0 or 1"),
+        ],
+    )
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "f.csv").exists(), "nothing written"
 
 
@@ -160,12 +190,15 @@ def test_a_broken_csv_or_folder_is_one_problem_not_one_per_exam(download, tmp_pa
     _drop_line(root / "train-acl.csv", "0007")
     with pytest.raises(InputError) as err:
         _ingest(root, tmp_path)
-    _assert_reported(err.value, [
-        (root / "train-acl.csv", "no row for exam 0006 (listed in train-abnormal.csv)"),
-        (root / "train-acl.csv", "no row for exam 0007"),
-        (root / "valid-acl.csv", "missing label file"),
-        (root / "valid/axial", "missing axial folder"),
-    ])
+    _assert_reported(
+        err.value,
+        [
+            (root / "train-acl.csv", "no row for exam 0006 (listed in train-abnormal.csv)"),
+            (root / "train-acl.csv", "no row for exam 0007"),
+            (root / "valid-acl.csv", "missing label file"),
+            (root / "valid/axial", "missing axial folder"),
+        ],
+    )
 
 
 def test_wrong_dtype_and_wrong_shape_of_one_array_are_two_problems(tmp_path):

@@ -13,7 +13,12 @@ from medflow.errors import InputError
 from medflow.ingest import oct as ing
 from medflow.synthetic import oct as syn
 
-SMALL = {"patients": {"train": 4, "val": 1, "test": 1}, "images_per_patient": [1, 3], "height": [36, 48], "aspect": [1.0, 1.4]}
+SMALL = {
+    "patients": {"train": 4, "val": 1, "test": 1},
+    "images_per_patient": [1, 3],
+    "height": [36, 48],
+    "aspect": [1.0, 1.4],
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,9 @@ def a_file(root, split="train", cls="DME"):
 
 
 def test_manifest_and_split_describe_every_image(pristine, tmp_path):
-    split = ing.ingest(pristine, tmp_path / "manifest.csv", tmp_path / "split.csv", val_source="folder", val_fraction=0.1, seed=0)
+    split = ing.ingest(
+        pristine, tmp_path / "manifest.csv", tmp_path / "split.csv", val_source="folder", val_fraction=0.1, seed=0
+    )
     manifest = pd.read_csv(tmp_path / "manifest.csv", dtype={"patient": str})
     n_files = sum(1 for p in pristine.rglob("*.jpeg"))
     assert len(manifest) == len(split) == n_files
@@ -136,13 +143,21 @@ def test_carved_val_keeps_patients_whole_across_classes(pristine, tmp_path):
     assert not set(pid[train]) & set(pid[df["folder"] == "test"]), "test patients are not train patients"
 
 
-@given(st.lists(st.tuples(st.sampled_from(ing.FOLDERS), st.integers(0, 11), st.sampled_from(ing.CLASSES)), min_size=1, max_size=60),
-       st.floats(0.05, 0.95), st.integers(0, 1000))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(ing.FOLDERS), st.integers(0, 11), st.sampled_from(ing.CLASSES)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.floats(0.05, 0.95),
+    st.integers(0, 1000),
+)
 def test_carving_maps_every_image_to_its_patients_split(images, val_fraction, seed):
     """For any images (folder, patient, class), patients spanning classes included: each train
     patient's images share one split (train or val), the val folder is unused, test stays test."""
-    df = pd.DataFrame([{"id": f"{c}-{p}-{n}", "folder": f, "label": c, "patient": str(p)}
-                       for n, (f, p, c) in enumerate(images)])
+    df = pd.DataFrame(
+        [{"id": f"{c}-{p}-{n}", "folder": f, "label": c, "patient": str(p)} for n, (f, p, c) in enumerate(images)]
+    )
     split = ing.assign(df, "train", val_fraction, seed)
     train = df["folder"] == "train"
     assert set(split[train]) <= {"train", "val"}
@@ -172,8 +187,11 @@ def test_every_bad_input_is_reported_in_one_run(root, tmp_path):
     shutil.rmtree(root / "val" / "DRUSEN")
     with pytest.raises(InputError) as e:
         ing.ingest(root, tmp_path / "m.csv", tmp_path / "s.csv", val_source="folder", val_fraction=0.1, seed=0)
-    expected = [(unreadable, "unreadable image"), (root / "val" / "DRUSEN", "class folder missing"),
-                (misnamed, "file name does not match")]
+    expected = [
+        (unreadable, "unreadable image"),
+        (root / "val" / "DRUSEN", "class folder missing"),
+        (misnamed, "file name does not match"),
+    ]
     lines = str(e.value).splitlines()
     assert len(lines) == 4 and lines[-1] == "3 problems in the input; nothing was written", lines
     for (path, words), err, line in zip(expected, e.value.errors, lines):

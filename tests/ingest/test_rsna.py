@@ -61,15 +61,36 @@ def _first_id(raw, target=None):
 CASES = {
     "missing labels CSV": (lambda r: (r / LABELS).unlink(), LABELS, "missing"),
     "missing images folder": (lambda r: shutil.rmtree(r / IMAGES), IMAGES, "missing"),
-    "missing column": (lambda r: _edit_csv(r / LABELS, lambda d: d.drop(columns=["Target"])), LABELS, "missing column(s) Target"),
-    "bad Target": (lambda r: _edit_csv(r / LABELS, lambda d: d.assign(Target=d["Target"].astype(str).replace({"0": "2"}))),
-                   LABELS, "Target must be 0 or 1"),
-    "positive without box": (lambda r: _edit_csv(r / LABELS, lambda d: d.assign(width=d["width"].where(d["Target"] == 0, None))),
-                             LABELS, "Target=1 needs a box"),
-    "unknown class": (lambda r: _edit_csv(r / CLASSES, lambda d: d.replace({"Normal": "Healthy"})), CLASSES, "unknown class 'Healthy'"),
-    "class contradicts Target": (lambda r: _edit_csv(r / CLASSES, lambda d: d.replace({"Normal": "Lung Opacity"})),
-                                 CLASSES, "contradicts Target=0"),
-    "patient without class row": (lambda r: _edit_csv(r / CLASSES, lambda d: d.iloc[1:]), CLASSES, "no row for patientId"),
+    "missing column": (
+        lambda r: _edit_csv(r / LABELS, lambda d: d.drop(columns=["Target"])),
+        LABELS,
+        "missing column(s) Target",
+    ),
+    "bad Target": (
+        lambda r: _edit_csv(r / LABELS, lambda d: d.assign(Target=d["Target"].astype(str).replace({"0": "2"}))),
+        LABELS,
+        "Target must be 0 or 1",
+    ),
+    "positive without box": (
+        lambda r: _edit_csv(r / LABELS, lambda d: d.assign(width=d["width"].where(d["Target"] == 0, None))),
+        LABELS,
+        "Target=1 needs a box",
+    ),
+    "unknown class": (
+        lambda r: _edit_csv(r / CLASSES, lambda d: d.replace({"Normal": "Healthy"})),
+        CLASSES,
+        "unknown class 'Healthy'",
+    ),
+    "class contradicts Target": (
+        lambda r: _edit_csv(r / CLASSES, lambda d: d.replace({"Normal": "Lung Opacity"})),
+        CLASSES,
+        "contradicts Target=0",
+    ),
+    "patient without class row": (
+        lambda r: _edit_csv(r / CLASSES, lambda d: d.iloc[1:]),
+        CLASSES,
+        "no row for patientId",
+    ),
 }
 
 
@@ -116,9 +137,11 @@ def test_every_bad_input_is_reported_in_one_run(raw, tmp_path):
     (raw / IMAGES / f"{pids[1]}.dcm").write_bytes(b"\x89PNG not a dicom at all")
     with pytest.raises(InputError) as err:
         rsna.ingest(raw, tmp_path / "m.csv", tmp_path / "s.csv", FRACTIONS, seed=1)
-    expected = [(raw / CLASSES, "line 6: unknown class 'Healthy'"),
-                (raw / IMAGES / f"{pids[0]}.dcm", f"missing (patientId listed in {LABELS})"),
-                (raw / IMAGES / f"{pids[1]}.dcm", "not a DICOM file")]
+    expected = [
+        (raw / CLASSES, "line 6: unknown class 'Healthy'"),
+        (raw / IMAGES / f"{pids[0]}.dcm", f"missing (patientId listed in {LABELS})"),
+        (raw / IMAGES / f"{pids[1]}.dcm", "not a DICOM file"),
+    ]
     lines = str(err.value).splitlines()
     assert len(lines) == 4 and lines[-1] == "3 problems in the input; nothing was written", lines
     for (path, words), e, line in zip(expected, err.value.errors, lines):

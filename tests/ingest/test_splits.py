@@ -86,8 +86,11 @@ def split_problems(draw):
     ids = draw(st.lists(st.text("abcxyz019-_", min_size=1, max_size=5), unique=True, max_size=40))
     strata = draw(st.lists(st.sampled_from(["HGG", "LGG", "NORMAL"]), min_size=len(ids), max_size=len(ids)))
     names = draw(st.lists(st.sampled_from(SPLIT_NAMES), min_size=1, max_size=4, unique=True))
-    weights = draw(st.lists(st.integers(0, 10) | st.floats(0.01, 1.0), min_size=len(names), max_size=len(names))
-                   .filter(lambda w: sum(w) > 0))
+    weights = draw(
+        st.lists(st.integers(0, 10) | st.floats(0.01, 1.0), min_size=len(names), max_size=len(names)).filter(
+            lambda w: sum(w) > 0
+        )
+    )
     return ids, strata, dict(zip(names, weights)), draw(st.integers(0, 2**32 - 1))
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medflow.params import from_config
 from medflow.errors import InputError
+from medflow.params import from_config
 from medflow.preprocess.n4 import N4Params, correct_array, correct_case, correct_file, estimate_log_field, otsu_mask
 
 SHAPE_XYZ = (32, 32, 28)  # small: N4 on it takes well under a second
@@ -139,10 +139,16 @@ def n4_spy(monkeypatch):
 
     class Spy(sitk.N4BiasFieldCorrectionImageFilter):
         def Execute(self, image, mask):
-            seen.update(small=image, small_mask=mask, levels=self.GetMaximumNumberOfIterations(),
-                        points=self.GetNumberOfControlPoints(), bins=self.GetNumberOfHistogramBins(),
-                        threshold=self.GetConvergenceThreshold(), threads=self.GetNumberOfThreads(),
-                        global_threads=sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+            seen.update(
+                small=image,
+                small_mask=mask,
+                levels=self.GetMaximumNumberOfIterations(),
+                points=self.GetNumberOfControlPoints(),
+                bins=self.GetNumberOfHistogramBins(),
+                threshold=self.GetConvergenceThreshold(),
+                threads=self.GetNumberOfThreads(),
+                global_threads=sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+            )
             return super().Execute(image, mask)
 
         def GetLogBiasFieldAsImage(self, reference):
@@ -161,8 +167,14 @@ def test_simpleitk_sees_the_volume_in_x_y_z_with_its_spacing(n4_spy):
     N4 setting is the configured one."""
     # Noise makes the histogram continuous, so Otsu's threshold depends on the number of bins.
     image = asymmetric_phantom() * np.random.default_rng(1).uniform(0.7, 1.3, SMALL_XYZ).astype(np.float32)
-    params = N4Params(shrink_factor=2, iterations=[3, 2, 2], convergence_threshold=0.01, histogram_bins=64,
-                      otsu_bins=50, control_points=5)
+    params = N4Params(
+        shrink_factor=2,
+        iterations=[3, 2, 2],
+        convergence_threshold=0.01,
+        histogram_bins=64,
+        otsu_bins=50,
+        control_points=5,
+    )
     _, log_field = correct_array(image, ZOOMS, params)
     full = n4_spy["full"]
     assert full.GetSize() == SMALL_XYZ
@@ -216,8 +228,10 @@ def test_float64_input_is_corrected_as_its_float32_values():
 def test_estimate_log_field_takes_the_raw_int16_data():
     """BraTS files are int16; SimpleITK's N4 accepts only float images, so the data are converted."""
     image = asymmetric_phantom().astype(np.int16)
-    np.testing.assert_array_equal(estimate_log_field(image, ZOOMS, SMALL_PARAMS),
-                                  estimate_log_field(image.astype(np.float32), ZOOMS, SMALL_PARAMS))
+    np.testing.assert_array_equal(
+        estimate_log_field(image, ZOOMS, SMALL_PARAMS),
+        estimate_log_field(image.astype(np.float32), ZOOMS, SMALL_PARAMS),
+    )
 
 
 def test_otsu_mask_is_the_tutorials_200_bin_threshold():
@@ -239,8 +253,10 @@ def test_n4_failure_is_one_line_naming_the_file(nifti, tmp_path):
     src = nifti("flat.nii", np.tile(np.arange(1, 10, dtype=np.float32)[:, None, None], (1, 9, 1)))
     with pytest.raises(InputError) as err:
         correct_file(src, tmp_path / "out.nii.gz", SMALL_PARAMS)
-    assert re.fullmatch(rf"{re.escape(str(src))}: N4 failed \(Refusing to change spacing from \[1, 1, 1\] to \[[^]]*\]\)",
-                        str(err.value)), str(err.value)
+    assert re.fullmatch(
+        rf"{re.escape(str(src))}: N4 failed \(Refusing to change spacing from \[1, 1, 1\] to \[[^]]*\]\)",
+        str(err.value),
+    ), str(err.value)
     assert not (tmp_path / "out.nii.gz").exists()
 
 

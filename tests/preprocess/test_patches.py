@@ -10,10 +10,20 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from medflow.params import from_config
 from medflow.errors import InputError
-from medflow.preprocess.patches import (PatchParams, accepted_origins, case_rng, extract, max_background_voxels,
-                                        one_hot, origin_table, sample_case, sample_origins, standardize)
+from medflow.params import from_config
+from medflow.preprocess.patches import (
+    PatchParams,
+    accepted_origins,
+    case_rng,
+    extract,
+    max_background_voxels,
+    one_hot,
+    origin_table,
+    sample_case,
+    sample_origins,
+    standardize,
+)
 
 CASE = "BraTS20_Training_011"
 
@@ -48,8 +58,11 @@ def test_accepted_origins_are_exactly_the_tutorial_rule(threshold):
     label = random_label()
     patch = (5, 8, 6)
     acc, n_candidates = accepted_origins(label, patch, threshold)
-    expected = [o for o in np.ndindex(*(s - p + 1 for s, p in zip(label.shape, patch)))
-                if tutorial_background_fraction(label[tuple(slice(a, a + p) for a, p in zip(o, patch))]) < threshold]
+    expected = [
+        o
+        for o in np.ndindex(*(s - p + 1 for s, p in zip(label.shape, patch)))
+        if tutorial_background_fraction(label[tuple(slice(a, a + p) for a, p in zip(o, patch))]) < threshold
+    ]
     assert n_candidates == 10 * 13 * 13
     assert [tuple(o) for o in acc] == expected
     assert 0 < len(expected) < n_candidates
@@ -61,8 +74,11 @@ def brute_force_origins(label, patch, threshold):
     n = [s - p + 1 for s, p in zip(label.shape, patch)]
     if min(n) <= 0:
         return []
-    return [o for o in np.ndindex(*n)
-            if np.count_nonzero(label[tuple(slice(a, a + p) for a, p in zip(o, patch))] == 0) / np.prod(patch) < threshold]
+    return [
+        o
+        for o in np.ndindex(*n)
+        if np.count_nonzero(label[tuple(slice(a, a + p) for a, p in zip(o, patch))] == 0) / np.prod(patch) < threshold
+    ]
 
 
 @st.composite
@@ -86,8 +102,10 @@ def acceptance_cases(draw):
     thresholds = [st.floats(1e-6, 1.0), st.integers(1, volume).map(lambda k: k / volume)]
     n = [s - p + 1 for s, p in zip(shape, patch)]
     if min(n) > 0:  # a patch's own background fraction (or the least one above 0): accepted and refused mixed
-        some = [np.count_nonzero(label[tuple(slice(a, a + p) for a, p in zip(o, patch))] == 0) / volume
-                for o in np.ndindex(*n)]
+        some = [
+            np.count_nonzero(label[tuple(slice(a, a + p) for a, p in zip(o, patch))] == 0) / volume
+            for o in np.ndindex(*n)
+        ]
         thresholds.append(st.sampled_from(sorted({max(f, 1 / volume) for f in some})))
     threshold = draw(st.one_of(thresholds))
     return label, patch, threshold
@@ -205,7 +223,8 @@ def test_sample_case_writes_the_contract(tmp_path, caplog):
     n_acc = len(accepted_origins(label, params.patch_size, 0.9)[0])
     # All requested patches found: one info line, no warning.
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.INFO, f"{CASE}: 6 patches of [5, 8, 6] (Z, Y, X) from {n_acc} acceptable origins")]
+        (logging.INFO, f"{CASE}: 6 patches of [5, 8, 6] (Z, Y, X) from {n_acc} acceptable origins")
+    ]
     with h5py.File(tmp_path / "patches.h5") as f:
         assert f["image"].shape == (6, 4, 5, 8, 6) and f["image"].dtype == np.float32
         assert f["label"].shape == (6, 3, 5, 8, 6) and f["label"].dtype == np.uint8
@@ -226,9 +245,14 @@ def test_sample_case_writes_the_contract(tmp_path, caplog):
             assert 1 - f["label"][i].sum() / (5 * 8 * 6) < 0.9
 
 
-@pytest.mark.parametrize("patch, why", [([5, 8, 6], "no patch has a background fraction below 0.95"),
-                                        ([14, 20, 6], "no patch has a background fraction below 0.95"),
-                                        ([5, 30, 6], "patch [5, 30, 6] (Z, Y, X) is larger than the volume [14, 20, 18]")])
+@pytest.mark.parametrize(
+    "patch, why",
+    [
+        ([5, 8, 6], "no patch has a background fraction below 0.95"),
+        ([14, 20, 6], "no patch has a background fraction below 0.95"),
+        ([5, 30, 6], "patch [5, 30, 6] (Z, Y, X) is larger than the volume [14, 20, 18]"),
+    ],
+)
 def test_case_without_a_possible_patch_gives_a_message_and_an_empty_file(tmp_path, caplog, patch, why):
     label = np.zeros((14, 20, 18), np.uint8)
     label[5, 5, 5] = 1
@@ -237,7 +261,8 @@ def test_case_without_a_possible_patch_gives_a_message_and_an_empty_file(tmp_pat
         n = sample_case(tmp_path / "stack.h5", tmp_path / "p.h5", PatchParams(patch_size=patch, n_patches=3), seed=0)
     assert n == 0
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        f"{CASE}: no patch could be sampled: {why}; writing 0 patches"]
+        f"{CASE}: no patch could be sampled: {why}; writing 0 patches"
+    ]
     with h5py.File(tmp_path / "p.h5") as f:
         assert f["image"].shape == (0, 4, *patch) and f["label"].shape == (0, 3, *patch)
         assert f.attrs["n_patches"] == 0 and f.attrs["n_requested"] == 3
@@ -273,13 +298,19 @@ def test_without_a_case_id_attribute_the_file_name_is_the_case(tmp_path):
     for out, case in (("a.h5", CASE), ("b.h5", "BraTS20_Training_099")):
         with h5py.File(tmp_path / out) as f:
             assert f.attrs["case_id"] == case
-            np.testing.assert_array_equal(f["origins"][()], sample_origins(label, params.patch_size, 4, 0.9, case_rng(3, case))[0])
+            np.testing.assert_array_equal(
+                f["origins"][()], sample_origins(label, params.patch_size, 4, 0.9, case_rng(3, case))[0]
+            )
             assert f["image"].compression == "gzip" and f["image"].compression_opts == 4 and f["image"].shuffle
 
 
 def test_uncompressed_patches(tmp_path):
-    n = sample_case(_one_patch_stack(tmp_path), tmp_path / "p.h5", PatchParams(patch_size=[2, 2, 2], n_patches=1,
-                                                                                compression="none"), seed=0)
+    n = sample_case(
+        _one_patch_stack(tmp_path),
+        tmp_path / "p.h5",
+        PatchParams(patch_size=[2, 2, 2], n_patches=1, compression="none"),
+        seed=0,
+    )
     with h5py.File(tmp_path / "p.h5") as f:
         assert n == 1 and f["image"].compression is None and f["image"].chunks == (1, 4, 2, 2, 2)
 
@@ -322,8 +353,12 @@ def test_unreadable_or_malformed_stacks_are_input_errors(tmp_path):
     with pytest.raises(InputError, match=r"odd.h5: image \(4, 3, 3, 4\) and label \(3, 3, 3\) do not match$"):
         sample_case(tmp_path / "odd.h5", tmp_path / "p.h5", params, seed=0)
     with pytest.raises(ValueError, match="unknown compression 'zip'"):
-        sample_case(_one_patch_stack(tmp_path), tmp_path / "p.h5",
-                    PatchParams(patch_size=[2, 2, 2], n_patches=1, compression="zip"), seed=0)
+        sample_case(
+            _one_patch_stack(tmp_path),
+            tmp_path / "p.h5",
+            PatchParams(patch_size=[2, 2, 2], n_patches=1, compression="zip"),
+            seed=0,
+        )
     assert not (tmp_path / "p.h5").exists()
 
 

@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medflow.params import from_config
 from medflow.errors import InputError
 from medflow.ingest.brats import MODALITIES
+from medflow.params import from_config
 from medflow.preprocess.stack import StackParams, stack_case, to_stored_label
 
 SHAPE_XYZ = (10, 12, 9)
@@ -26,8 +26,10 @@ AFFINE = np.array([[-0.9, 0, 0, 0], [0, -1.1, 0, 239.0], [0, 0, 1.5, 0], [0, 0, 
 def case_files(nifti):
     """Four modalities whose voxel values encode (modality, x, y, z) and a segmentation with labels 1, 2, 4."""
     x, y, z = np.meshgrid(*(np.arange(n) for n in SHAPE_XYZ), indexing="ij")
-    mods = {m: nifti(f"{CASE}_{m}.nii", (1000 * c + 100 * x + 10 * y + z).astype(np.float32), affine=AFFINE)
-            for c, m in enumerate(MODALITIES)}
+    mods = {
+        m: nifti(f"{CASE}_{m}.nii", (1000 * c + 100 * x + 10 * y + z).astype(np.float32), affine=AFFINE)
+        for c, m in enumerate(MODALITIES)
+    }
     seg = np.zeros(SHAPE_XYZ, np.uint8)
     seg[2:5, 3:7, 3:6] = 2
     seg[3, 4:6, 4] = 1
@@ -52,8 +54,9 @@ def test_stack_layout_axes_and_attributes(case_files, tmp_path, caplog):
     names = [f"{CASE}_{m}.nii.gz" for m in (*MODALITIES, "seg")]  # the raw files', not the inputs' names
     with caplog.at_level(logging.INFO, logger="medflow.preprocess.stack"):
         stack_case(CASE, mods, seg_path, KEPT, out, StackParams(chunk_zyx=[4, 8, 64]), source_files=names)
-    assert [r.getMessage() for r in caplog.records] == [f"{CASE}: image (4, 6, 12, 10), slices [2, 8) of 9"], \
+    assert [r.getMessage() for r in caplog.records] == [f"{CASE}: image (4, 6, 12, 10), slices [2, 8) of 9"], (
         "the rule log says what was kept"
+    )
     with h5py.File(out) as f:
         image, label = f["image"], f["label"]
         assert image.dtype == np.float32 and image.shape == (4, KEPT[1] - KEPT[0], 12, 10)
@@ -92,7 +95,9 @@ def test_labels_outside_the_kept_range_are_refused(case_files, nifti, tmp_path, 
     seg[9, :after, 8] = 4
     seg_path = nifti("edge_seg.nii", seg, affine=AFFINE)
     out = tmp_path / "x.h5"
-    with pytest.raises(InputError, match=rf"edge_seg.nii: {before + after} labelled voxels lie outside the kept slices \[2, 8\)"):
+    with pytest.raises(
+        InputError, match=rf"edge_seg.nii: {before + after} labelled voxels lie outside the kept slices \[2, 8\)"
+    ):
         stack_case(CASE, mods, seg_path, KEPT, out, StackParams())
     assert not out.exists() and list(tmp_path.glob("*.h5")) == [], "nothing half-written"
 
@@ -184,7 +189,11 @@ def test_modality_of_another_shape_is_an_input_error(case_files, nifti, tmp_path
 def test_compression_options():
     kw = StackParams(chunk_zyx=[16, 64, 64], compression_level=7).h5_kwargs((9, 40, 100))
     assert kw == {"chunks": (9, 40, 64), "compression": "gzip", "compression_opts": 7, "shuffle": True}
-    assert StackParams(compression="lzf").h5_kwargs((2, 2, 2)) == {"chunks": (2, 2, 2), "compression": "lzf", "shuffle": True}
+    assert StackParams(compression="lzf").h5_kwargs((2, 2, 2)) == {
+        "chunks": (2, 2, 2),
+        "compression": "lzf",
+        "shuffle": True,
+    }
     assert StackParams(compression="none").h5_kwargs((2, 2, 2)) == {"chunks": (2, 2, 2)}
     assert StackParams(chunk_zyx=[4, 4, 4], compression="none").h5_kwargs((1, 3, 9)) == {"chunks": (1, 3, 4)}
     with pytest.raises(ValueError, match="^unknown compression 'zstd': gzip, lzf or none$"):

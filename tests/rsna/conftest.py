@@ -11,9 +11,19 @@ torch.set_num_threads(1)  # the test machine is shared
 
 TINY = {"n_patients": 24, "size": 48, "missing_age_fraction": 0.0, "missing_spacing_fraction": 0.0}
 # Config rsna.train, small: two short epochs of a two-block CNN.
-TRAIN = {"backbone": "simple", "weights": "none", "channels": [4, 8], "meta_hidden": 4, "dropout": 0.1, "epochs": 2,
-         "patience": 0, "batch_size": 8, "lr": 0.01, "weight_decay": 0.0,
-         "augment": {"translate": 0.05, "rotate_deg": 5, "scale": 0.05, "hflip": True}}
+TRAIN = {
+    "backbone": "simple",
+    "weights": "none",
+    "channels": [4, 8],
+    "meta_hidden": 4,
+    "dropout": 0.1,
+    "epochs": 2,
+    "patience": 0,
+    "batch_size": 8,
+    "lr": 0.01,
+    "weight_decay": 0.0,
+    "augment": {"translate": 0.05, "rotate_deg": 5, "scale": 0.05, "hflip": True},
+}
 VARIANTS = ("with_metadata", "image_only")
 
 
@@ -33,8 +43,9 @@ def prepared(rsna_raw, tmp_path_factory) -> Path:
     from medflow.rsna import preprocess as pp
 
     d = tmp_path_factory.mktemp("rsna_prepared")
-    manifest = ingest.ingest(rsna_raw, d / "manifest.csv", d / "split.csv", {"train": 0.5, "val": 0.25, "test": 0.25},
-                             seed=0)
+    manifest = ingest.ingest(
+        rsna_raw, d / "manifest.csv", d / "split.csv", {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0
+    )
     table, _ = metadata.build_table(manifest)
     pp.write_hdf5(table, manifest, d / "images.h5", pp.PreprocessConfig(size=24))
     return d
@@ -57,10 +68,12 @@ def trained(prepared, tmp_path_factory):
     try:
         for variant in VARIANTS:
             checkpoints[variant] = d / variant / "model.pt"
-            results[variant] = train({"h5": prepared / "images.h5", "split": prepared / "split.csv"},
-                                     {"checkpoint": checkpoints[variant], "curves": d / variant / "curves.png"},
-                                     from_config(TrainParams, {"variant": variant, "train": TRAIN}),
-                                     Job(threads=1, seed=0, rule="rsna_train"))
+            results[variant] = train(
+                {"h5": prepared / "images.h5", "split": prepared / "split.csv"},
+                {"checkpoint": checkpoints[variant], "curves": d / variant / "curves.png"},
+                from_config(TrainParams, {"variant": variant, "train": TRAIN}),
+                Job(threads=1, seed=0, rule="rsna_train"),
+            )
     finally:
         mp.undo()
     return {"dir": d, "uri": uri, "results": results, "checkpoints": checkpoints}

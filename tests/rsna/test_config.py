@@ -36,12 +36,15 @@ def test_configs_validate_and_build(extra):
     settings(cfg["synthetic"]["rsna"])
 
 
-@pytest.mark.parametrize("path, value", [
-    (("rsna", "train", "epoch"), 3),  # a typo
-    (("rsna", "preprocess", "window", "mode"), "auto"),
-    (("rsna", "preprocess", "clahe", "tiles"), [8]),
-    (("synthetic", "rsna", "n_patient"), 10),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("rsna", "train", "epoch"), 3),  # a typo
+        (("rsna", "preprocess", "window", "mode"), "auto"),
+        (("rsna", "preprocess", "clahe", "tiles"), [8]),
+        (("synthetic", "rsna", "n_patient"), 10),
+    ],
+)
 def test_typos_and_bad_values_are_rejected(path, value):
     cfg = _load()
     node = cfg

@@ -8,22 +8,25 @@ from medflow.rsna import dicom as dcm
 from medflow.synthetic.rsna import write_dicom
 
 
-@pytest.mark.parametrize("value, years, status", [
-    ("058Y", 58.0, "ok"),
-    ("51", 51.0, "ok"),  # the real RSNA headers: a bare number of years
-    (" 045Y ", 45.0, "ok"),
-    ("018M", 1.5, "ok"),
-    ("026W", 26 * 7 / 365.25, "ok"),
-    ("010D", 10 / 365.25, "ok"),
-    ("003y", 3.0, "ok"),
-    ("", None, "missing"),
-    (None, None, "missing"),
-    ("58 years", None, "invalid"),
-    ("Y058", None, "invalid"),
-    ("-05Y", None, "invalid"),
-    ("148", None, "implausible"),  # a few real headers say 148-155
-    ("150Y", None, "implausible"),
-])
+@pytest.mark.parametrize(
+    "value, years, status",
+    [
+        ("058Y", 58.0, "ok"),
+        ("51", 51.0, "ok"),  # the real RSNA headers: a bare number of years
+        (" 045Y ", 45.0, "ok"),
+        ("018M", 1.5, "ok"),
+        ("026W", 26 * 7 / 365.25, "ok"),
+        ("010D", 10 / 365.25, "ok"),
+        ("003y", 3.0, "ok"),
+        ("", None, "missing"),
+        (None, None, "missing"),
+        ("58 years", None, "invalid"),
+        ("Y058", None, "invalid"),
+        ("-05Y", None, "invalid"),
+        ("148", None, "implausible"),  # a few real headers say 148-155
+        ("150Y", None, "implausible"),
+    ],
+)
 def test_parse_age(value, years, status):
     got, st = dcm.parse_age(value, max_years=120)
     assert st == status

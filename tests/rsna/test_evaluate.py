@@ -20,8 +20,13 @@ N_BOOT, LEVEL, SEED = 200, 0.8, 5  # not the defaults, so the plumbing of each o
 
 
 def _params(threshold=0.5):
-    return from_config(ev.EvaluateParams, {"evaluate": {"threshold": threshold, "batch_size": 4},
-                                           "bootstrap": {"bootstrap_samples": N_BOOT, "confidence": LEVEL}})
+    return from_config(
+        ev.EvaluateParams,
+        {
+            "evaluate": {"threshold": threshold, "batch_size": 4},
+            "bootstrap": {"bootstrap_samples": N_BOOT, "confidence": LEVEL},
+        },
+    )
 
 
 def _outputs(d):
@@ -50,8 +55,9 @@ def evaluated(prepared, trained, tmp_path_factory):
     try:
         # the image-only checkpoint first: the metrics keep their own order whatever the input order
         ckpts = [str(trained["checkpoints"][v]) for v in reversed(VARIANTS)]
-        metrics = ev.evaluate(_inputs(prepared, ckpts), _outputs(d), _params(),
-                              Job(threads=1, seed=SEED, rule="rsna_evaluate"))
+        metrics = ev.evaluate(
+            _inputs(prepared, ckpts), _outputs(d), _params(), Job(threads=1, seed=SEED, rule="rsna_evaluate")
+        )
     finally:
         mp.undo()
     return {"dir": d, "metrics": metrics, "predicted": predicted}
@@ -115,7 +121,9 @@ def test_one_mlflow_run_links_both_training_runs(evaluated, trained):
         balanced = run.data.metrics[f"test_{variant}_balanced_accuracy"]
         assert balanced == pytest.approx(metrics[variant]["balanced_accuracy"])
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} == {
-        "evaluation/roc.png", "evaluation/predictions.csv"}
+        "evaluation/roc.png",
+        "evaluation/predictions.csv",
+    }
 
 
 def test_a_checkpoint_trained_on_other_features_is_an_input_error(prepared, trained, tmp_path):
@@ -123,8 +131,9 @@ def test_a_checkpoint_trained_on_other_features_is_an_input_error(prepared, trai
     ckpt["meta"]["meta_features"] = list(reversed(ckpt["meta"]["meta_features"]))  # same count, other order
     torch.save(ckpt, tmp_path / "reordered.pt")
     with pytest.raises(InputError, match="reordered.pt: trained on features"):
-        ev.evaluate(_inputs(prepared, [tmp_path / "reordered.pt"]), _outputs(tmp_path), _params(),
-                    Job(threads=1, track=False))
+        ev.evaluate(
+            _inputs(prepared, [tmp_path / "reordered.pt"]), _outputs(tmp_path), _params(), Job(threads=1, track=False)
+        )
     assert not (tmp_path / "metrics.json").exists()
 
 

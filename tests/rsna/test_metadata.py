@@ -58,7 +58,9 @@ def test_one_row_per_patient_with_header_fields_and_labels(quirky, caplog):
     assert t.at[which["no_age"], "age_status"] == "missing" and pd.isna(t.at[which["no_age"], "age_years"])
     assert t.at[which["old_age"], "age_status"] == "implausible" and pd.isna(t.at[which["old_age"], "age_years"])
     assert t.at[which["zero_spacing"], "spacing_status"] == "zero"
-    assert t.at[which["no_spacing"], "spacing_status"] == "missing" and pd.isna(t.at[which["no_spacing"], "pixel_spacing_row"])
+    assert t.at[which["no_spacing"], "spacing_status"] == "missing" and pd.isna(
+        t.at[which["no_spacing"], "pixel_spacing_row"]
+    )
     assert t.at[which["no_sex"], "sex"] == ""
     assert not t.at[which["mpeg2"], "usable"] and "MPEG2" in t.at[which["mpeg2"], "exclusion"]
     assert t.at[which["rle"], "usable"] and t.at[which["rle"], "transfer_syntax"] == RLELossless
@@ -73,13 +75,17 @@ def test_one_row_per_patient_with_header_fields_and_labels(quirky, caplog):
     assert (ok["intensity_max"] < 2.0 ** ok["bits_stored"]).all()
     # Merged with the CSVs: several boxes collapse into one row with their count.
     m = manifest.set_index("patientId")
-    assert (t["target"] == m["target"]).all() and (t["n_boxes"] == m["n_boxes"]).all() and (t["class"] == m["class"]).all()
+    assert (
+        (t["target"] == m["target"]).all() and (t["n_boxes"] == m["n_boxes"]).all() and (t["class"] == m["class"]).all()
+    )
     assert t["n_boxes"].max() >= 2
 
     d = summary["decisions"]
     assert summary["n_patients"] == len(t) and summary["n_excluded"] == 1
     assert d["age missing -> age unknown (own age bin)"] == 1 and d["age implausible -> age unknown (own age bin)"] == 1
-    assert d["PixelSpacing zero -> square pixels assumed"] == 1 and d["PixelSpacing missing -> square pixels assumed"] == 1
+    assert (
+        d["PixelSpacing zero -> square pixels assumed"] == 1 and d["PixelSpacing missing -> square pixels assumed"] == 1
+    )
     assert d["excluded: unsupported pixel data"] == 1
     assert f"{which['mpeg2']}: excluded: unsupported transfer syntax" in caplog.text
 
@@ -87,7 +93,9 @@ def test_one_row_per_patient_with_header_fields_and_labels(quirky, caplog):
 def test_table_roundtrip_and_parallel_reading_agree(quirky, tmp_path):
     manifest, _ = quirky
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
-    written = metadata.write_table(tmp_path / "manifest.csv", tmp_path / "t.csv", tmp_path / "d.json", threads=2, max_excluded_fraction=0.5)
+    written = metadata.write_table(
+        tmp_path / "manifest.csv", tmp_path / "t.csv", tmp_path / "d.json", threads=2, max_excluded_fraction=0.5
+    )
     serial, _ = metadata.build_table(manifest, threads=1, max_excluded_fraction=0.5)
     back = metadata.read_table(tmp_path / "t.csv")
     pd.testing.assert_frame_equal(written, serial)

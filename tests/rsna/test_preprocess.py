@@ -27,7 +27,11 @@ def test_window_source_follows_the_mode():
     assert pp.choose_window(img, header, pp.PreprocessConfig(window_mode="header")) == (300.0, 200.0, "header")
     c, w, src = pp.choose_window(img, None, pp.PreprocessConfig(window_mode="header", percentiles=(0, 100)))
     assert src == "percentile" and (c, w) == pytest.approx((500, 1000))
-    assert pp.choose_window(img, header, pp.PreprocessConfig(window_mode="fixed", level=40, width=80)) == (40, 80, "fixed")
+    assert pp.choose_window(img, header, pp.PreprocessConfig(window_mode="fixed", level=40, width=80)) == (
+        40,
+        80,
+        "fixed",
+    )
     with pytest.raises(ValueError, match="fixed window needs width"):
         pp.PreprocessConfig(window_mode="fixed", width=0)
 
@@ -42,8 +46,12 @@ def test_monochrome1_is_inverted_to_look_like_monochrome2(tmp_path):
     top = 4095
     write_dicom(tmp_path / "m2.dcm", m2, {"BitsStored": 12, "WindowCenter": 1800, "WindowWidth": 3400}, (1,))
     # The same film stored the other way round: low values bright, the window mirrored.
-    write_dicom(tmp_path / "m1.dcm", (top - m2).astype(np.uint16),
-                {"BitsStored": 12, "PhotometricInterpretation": "MONOCHROME1", "WindowCenter": top - 1800, "WindowWidth": 3400}, (2,))
+    write_dicom(
+        tmp_path / "m1.dcm",
+        (top - m2).astype(np.uint16),
+        {"BitsStored": 12, "PhotometricInterpretation": "MONOCHROME1", "WindowCenter": top - 1800, "WindowWidth": 3400},
+        (2,),
+    )
     cfg = pp.PreprocessConfig(size=32)
     a, info_a = pp._one((str(tmp_path / "m2.dcm"), (0.5, 0.5), cfg))
     b, info_b = pp._one((str(tmp_path / "m1.dcm"), (0.5, 0.5), cfg))
@@ -86,11 +94,26 @@ def test_pad_resize_keeps_the_aspect_ratio():
 
 
 def test_metadata_features_are_one_hot():
-    table = pd.DataFrame({"age_years": [10, 25, 85, np.nan, 40], "sex": ["M", "F", "", "F", "M"],
-                          "view_position": ["AP", "PA", "AP", "", "PA"]})
+    table = pd.DataFrame(
+        {
+            "age_years": [10, 25, 85, np.nan, 40],
+            "sex": ["M", "F", "", "F", "M"],
+            "view_position": ["AP", "PA", "AP", "", "PA"],
+        }
+    )
     x, names = pp.metadata_features(table, [20, 40, 60, 80])
-    assert names == ["age_lt20", "age_20_40", "age_40_60", "age_60_80", "age_ge80", "age_unknown",
-                     "sex_M", "sex_F", "view_AP", "view_PA"]
+    assert names == [
+        "age_lt20",
+        "age_20_40",
+        "age_40_60",
+        "age_60_80",
+        "age_ge80",
+        "age_unknown",
+        "sex_M",
+        "sex_F",
+        "view_AP",
+        "view_PA",
+    ]
     assert x.dtype == np.float32 and x.shape == (5, 10)
     assert [names[i] for i in x[:, :6].argmax(1)] == ["age_lt20", "age_20_40", "age_ge80", "age_unknown", "age_40_60"]
     np.testing.assert_array_equal(x[:, 6:], [[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]])

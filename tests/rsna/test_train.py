@@ -66,8 +66,12 @@ def test_validation_scores_are_computed_by_predict(prepared, tmp_path, monkeypat
 
     monkeypatch.setattr(tr, "predict", spy)
     params = from_config(tr.TrainParams, {"variant": "with_metadata", "train": {**TRAIN, "epochs": 2}})
-    result = tr.train({"h5": prepared / "images.h5", "split": prepared / "split.csv"},
-                      {"checkpoint": tmp_path / "model.pt"}, params, Job(threads=1, seed=0, track=False))
+    result = tr.train(
+        {"h5": prepared / "images.h5", "split": prepared / "split.csv"},
+        {"checkpoint": tmp_path / "model.pt"},
+        params,
+        Job(threads=1, seed=0, track=False),
+    )
     assert len(seen) == 2 and all(len(out["prob"]) == 6 for out in seen)  # one call per epoch, the 6 val patients
     for row, out in zip(result.history, seen):
         y, p = out["target"], out["prob"]

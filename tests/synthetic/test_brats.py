@@ -11,7 +11,14 @@ import pytest
 
 from medflow.synthetic import brats as sb
 
-CFG = {"n_cases": 4, "hgg_fraction": 0.5, "shape_xyz": [40, 44, 32], "blank_slices": [2, 4], "bias_strength": 0.3, "noise": 0.03}
+CFG = {
+    "n_cases": 4,
+    "hgg_fraction": 0.5,
+    "shape_xyz": [40, 44, 32],
+    "blank_slices": [2, 4],
+    "bias_strength": 0.3,
+    "noise": 0.03,
+}
 KINDS = ("flair", "t1", "t1ce", "t2", "seg")
 
 
@@ -48,8 +55,14 @@ def test_public_layout_formats_and_name_mapping(raw):
             assert img.header.get_zooms() == (1.0, 1.0, 1.0)
             np.testing.assert_array_equal(img.affine, sb.brats_affine(CFG["shape_xyz"]))
     mapping = pd.read_csv(raw / "name_mapping.csv")
-    assert list(mapping.columns) == ["Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
-                                     "BraTS_2019_subject_ID", "BraTS_2020_subject_ID"]
+    assert list(mapping.columns) == [
+        "Grade",
+        "BraTS_2017_subject_ID",
+        "BraTS_2018_subject_ID",
+        "TCGA_TCIA_subject_ID",
+        "BraTS_2019_subject_ID",
+        "BraTS_2020_subject_ID",
+    ]
     assert list(mapping["BraTS_2020_subject_ID"]) == cases
     assert sorted(mapping["Grade"]) == ["HGG", "HGG", "LGG", "LGG"]
 
@@ -104,7 +117,7 @@ def test_bias_fields_are_smooth_and_differ_between_modalities():
     images, _ = sb.make_case(np.random.default_rng(0), "HGG", (48, 48, 40), bias_strength=0.3, bias_out=bias)
     brain = images["t1"] > 0
     logs = {m: np.log(b) for m, b in bias.items()}
-    for m, lf in logs.items():
+    for lf in logs.values():
         assert np.abs(lf[brain]).max() == pytest.approx(0.3, rel=1e-3), "strength = max |log field| in the brain"
         assert max(np.abs(np.diff(lf, axis=a)).max() for a in range(3)) < 0.06, "smooth: small voxel-to-voxel change"
     assert abs(np.corrcoef(logs["t1"].ravel(), logs["t2"].ravel())[0, 1]) < 0.95, "independent per modality"

@@ -65,7 +65,9 @@ def test_finding_is_visible_in_all_three_planes(finding):
     more very bright pixels than the same exam without the tear."""
     cfg = {**TINY, "slices": [6, 6], "other_findings": 0.0, "noise": 0.0}
     normal = sm.make_exam(cfg, 1, "0007", {"abnormal": 0, "acl": 0, "meniscus": 0})
-    torn = sm.make_exam(cfg, 1, "0007", {"abnormal": 1, "acl": int(finding == "acl"), "meniscus": int(finding == "meniscus")})
+    torn = sm.make_exam(
+        cfg, 1, "0007", {"abnormal": 1, "acl": int(finding == "acl"), "meniscus": int(finding == "meniscus")}
+    )
     for plane in sm.PLANES:
         assert (normal[plane] > 200).sum() == 0, "normal anatomy stays below the signal of a tear"
         assert (torn[plane] > 200).sum() > 100, f"{finding} tear not visible in the {plane} plane"

@@ -10,7 +10,12 @@ from PIL import Image
 
 from medflow.synthetic import oct as syn
 
-SMALL = {"patients": {"train": 4, "val": 1, "test": 2}, "images_per_patient": [1, 3], "height": [40, 64], "aspect": [1.0, 1.5]}
+SMALL = {
+    "patients": {"train": 4, "val": 1, "test": 2},
+    "images_per_patient": [1, 3],
+    "height": [40, 64],
+    "aspect": [1.0, 1.5],
+}
 NAME = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d{7})-(\d+)\.jpeg$")
 
 
@@ -68,8 +73,9 @@ def test_patients_have_several_images_one_split_and_some_several_classes(tree):
     assert len(where) == 4 * (4 + 1 + 2)
     assert all(len({split for split, _ in v}) == 1 for v in where.values()), "a patient lies in one split"
     assert max(len(n) for v in where.values() for n in v.values()) > 1
-    assert all(sorted(n) == list(range(1, len(n) + 1)) for v in where.values() for n in v.values()), \
+    assert all(sorted(n) == list(range(1, len(n) + 1)) for v in where.values() for n in v.values()), (
         "n counts from 1 per patient and class"
+    )
     for split, per_class in SMALL["patients"].items():
         n_classes = [len(v) for v in where.values() if next(iter(v))[0] == split]
         assert max(n_classes) == 2

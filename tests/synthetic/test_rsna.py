@@ -28,7 +28,11 @@ def _headers(root):
 
 
 def test_layout_and_csvs_as_in_the_public_download(root):
-    assert sorted(p.name for p in root.iterdir()) == ["stage_2_detailed_class_info.csv", "stage_2_train_images", "stage_2_train_labels.csv"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "stage_2_detailed_class_info.csv",
+        "stage_2_train_images",
+        "stage_2_train_labels.csv",
+    ]
     labels = pd.read_csv(root / "stage_2_train_labels.csv")
     classes = pd.read_csv(root / "stage_2_detailed_class_info.csv")
     assert list(labels.columns) == ["patientId", "x", "y", "width", "height", "Target"]
@@ -98,7 +102,9 @@ def test_opacities_lie_inside_the_boxes(root):
         img = unit(heads[pid])
         for bx, by, bw, bh in rel_boxes:
             r0, c0 = int(by * img.shape[0]), int(bx * img.shape[1])
-            same_place.append(img[r0 : r0 + max(1, int(bh * img.shape[0])), c0 : c0 + max(1, int(bw * img.shape[1]))].mean())
+            same_place.append(
+                img[r0 : r0 + max(1, int(bh * img.shape[0])), c0 : c0 + max(1, int(bw * img.shape[1]))].mean()
+            )
     assert np.mean(inside) > np.mean(same_place) + 0.02  # opacity amplitude: 0.12-0.22 of the range at its centre
 
 
@@ -113,7 +119,9 @@ def test_metadata_carries_signal_like_the_real_data():
 
 
 def test_header_quirks_are_written_when_asked(tmp_path):
-    sr.write_dataset(tmp_path, {"n_patients": 30, "size": 32, "missing_age_fraction": 0.5, "missing_spacing_fraction": 0.5}, seed=2)
+    sr.write_dataset(
+        tmp_path, {"n_patients": 30, "size": 32, "missing_age_fraction": 0.5, "missing_spacing_fraction": 0.5}, seed=2
+    )
     heads = _headers(tmp_path)
     assert 0 < sum("PatientAge" not in ds for ds in heads.values()) < 30
     assert 0 < sum("PixelSpacing" not in ds for ds in heads.values()) < 30

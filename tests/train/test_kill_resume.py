@@ -20,7 +20,9 @@ PATIENCE = 4
 EPOCHS = 30  # never reached: the run stops early
 BATCHES = 4  # per epoch
 
-SCRIPT = r"""
+SCRIPT = (
+    f"EPOCHS, PATIENCE = {EPOCHS}, {PATIENCE}\n"
+    + r"""
 import json, os, sys, time, logging
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -47,11 +49,12 @@ def evaluate(m, val):  # accuracy on 32 held-out points: rises, then plateaus
     return {"acc": float(((m(val[0]).squeeze(1) > 0).float() == val[1]).float().mean())}
 
 res = fit(model, opt, data, (x[64:], y[64:]), train_step=step, evaluate=evaluate,
-          cfg=FitConfig(epochs=%d, monitor="val_acc", mode="max", patience=%d, seed=1),
+          cfg=FitConfig(epochs=EPOCHS, monitor="val_acc", mode="max", patience=PATIENCE, seed=1),
           device=torch.device("cpu"), checkpoint_path=out + "/model.pt")
 json.dump({"history": res.history, "best_epoch": res.best_epoch, "best_score": res.best_score,
            "stopped_early": res.stopped_early, "steps": steps[0]}, open(out + "/result.json", "w"))
-""" % (EPOCHS, PATIENCE)
+"""
+)
 
 
 def _start(out: Path, slow_after_steps: int | None = None) -> subprocess.Popen:
@@ -65,7 +68,11 @@ def _start(out: Path, slow_after_steps: int | None = None) -> subprocess.Popen:
 def _finish(proc: subprocess.Popen, out: Path) -> dict:
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
-    return {**json.loads((out / "result.json").read_text()), "log": err, "ckpt": torch.load(out / "model.pt", weights_only=True)}
+    return {
+        **json.loads((out / "result.json").read_text()),
+        "log": err,
+        "ckpt": torch.load(out / "model.pt", weights_only=True),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +112,11 @@ def test_killed_training_resumes_and_stops_where_an_uninterrupted_run_stops(tmp_
     for key in ("history", "best_epoch", "best_score", "stopped_early"):
         assert resumed[key] == full[key], key
     ckpt, full_ckpt = resumed["ckpt"], full["ckpt"]
-    assert (ckpt["epoch"], ckpt["score"]) == (full_ckpt["epoch"], full_ckpt["score"]) == (full["best_epoch"], full["best_score"])
+    assert (
+        (ckpt["epoch"], ckpt["score"])
+        == (full_ckpt["epoch"], full_ckpt["score"])
+        == (full["best_epoch"], full["best_score"])
+    )
     for k, v in full_ckpt["state_dict"].items():
         assert torch.equal(ckpt["state_dict"][k], v), k
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "result.json"]

@@ -14,8 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from medflow import tracking
-from medflow.train import FitConfig, Tracking, fit, load_checkpoint, seed_everything
-from medflow.train import loop
+from medflow.train import FitConfig, Tracking, fit, load_checkpoint, loop, seed_everything
 
 torch.set_num_threads(1)
 NAN = float("nan")
@@ -55,8 +54,17 @@ def run_fit(tmp_path, epochs=4, step=train_step, patience=0, evaluate_fn=evaluat
     val = DataLoader(make_data(32, seed=1), batch_size=16)
     cfg = FitConfig(epochs=epochs, monitor="val_acc", mode="max", patience=patience, seed=3)
     result = fit(
-        model, opt, train, val, train_step=step, evaluate=evaluate_fn, cfg=cfg, device=torch.device("cpu"),
-        checkpoint_path=tmp_path / name, fingerprint={"lr": 0.05}, tracking=tracking_spec,
+        model,
+        opt,
+        train,
+        val,
+        train_step=step,
+        evaluate=evaluate_fn,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        checkpoint_path=tmp_path / name,
+        fingerprint={"lr": 0.05},
+        tracking=tracking_spec,
         curves_path=tmp_path / "curves.png",
     )
     return model, result
@@ -166,11 +174,20 @@ def fit_scripted(out, values, *, step=train_step, evaluate_fn=None, batch_size=1
     model = model or make_model()
     opt = opt or torch.optim.Adam(model.parameters(), lr=0.05)
     cfg_keys = {"mode", "patience", "min_delta", "seed", "bf16", "grad_clip"}
-    cfg = FitConfig(epochs=kw.pop("epochs", len(values)), monitor="val_m", **{k: kw.pop(k) for k in cfg_keys & kw.keys()})
+    cfg = FitConfig(
+        epochs=kw.pop("epochs", len(values)), monitor="val_m", **{k: kw.pop(k) for k in cfg_keys & kw.keys()}
+    )
     kw.setdefault("checkpoint_path", out / "model.pt")
     result = fit(
-        model, opt, DataLoader(make_data(16), batch_size=batch_size, shuffle=True), [None],
-        train_step=step, evaluate=evaluate_fn or scripted(values), cfg=cfg, device=torch.device("cpu"), **kw,
+        model,
+        opt,
+        DataLoader(make_data(16), batch_size=batch_size, shuffle=True),
+        [None],
+        train_step=step,
+        evaluate=evaluate_fn or scripted(values),
+        cfg=cfg,
+        device=torch.device("cpu"),
+        **kw,
     )
     return model, result
 
@@ -203,8 +220,14 @@ def test_config_defaults_higher_is_better_and_never_stop(tmp_path):
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     result = fit(
-        model, opt, DataLoader(make_data(16), batch_size=16), [None], train_step=train_step,
-        evaluate=scripted(values), cfg=FitConfig(epochs=5, monitor="val_m"), device=torch.device("cpu"),
+        model,
+        opt,
+        DataLoader(make_data(16), batch_size=16),
+        [None],
+        train_step=train_step,
+        evaluate=scripted(values),
+        cfg=FitConfig(epochs=5, monitor="val_m"),
+        device=torch.device("cpu"),
         checkpoint_path=tmp_path / "model.pt",
     )
     assert not result.stopped_early and len(result.history) == 5
@@ -214,7 +237,9 @@ def test_config_defaults_higher_is_better_and_never_stop(tmp_path):
 def test_checkpoint_holds_the_best_epochs_weights_and_meta(tmp_path):
     snaps = []
     model, result = fit_scripted(
-        tmp_path, [0.5, 0.75, 0.6, 0.7], evaluate_fn=scripted([0.5, 0.75, 0.6, 0.7], snapshots=snaps),
+        tmp_path,
+        [0.5, 0.75, 0.6, 0.7],
+        evaluate_fn=scripted([0.5, 0.75, 0.6, 0.7], snapshots=snaps),
         checkpoint_meta={"classes": ("normal", "tear"), "width": np.int64(8)},
     )
     ckpt = load_checkpoint(tmp_path / "model.pt")
@@ -230,7 +255,9 @@ def test_checkpoint_holds_the_best_epochs_weights_and_meta(tmp_path):
 
 def test_no_finite_score_keeps_the_last_epoch_not_a_stale_checkpoint(tmp_path, caplog):
     fit_scripted(tmp_path, [0.9, 0.8], fingerprint={"run": "earlier"})  # a finished run with other settings
-    model, result = fit_scripted(tmp_path, [NAN, NAN, NAN], fingerprint={"run": "now"}, checkpoint_meta={"classes": ["a"]})
+    model, result = fit_scripted(
+        tmp_path, [NAN, NAN, NAN], fingerprint={"run": "now"}, checkpoint_meta={"classes": ["a"]}
+    )
     assert (result.best_epoch, result.best_score, result.stopped_early) == (0, None, False)
     ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt["epoch"] == 3 and math.isnan(ckpt["score"]) and ckpt["meta"] == {"classes": ["a"]}
@@ -246,7 +273,9 @@ def test_stale_best_weights_of_other_settings_never_become_the_checkpoint(tmp_pa
         fit_scripted(tmp_path, [0.9, 0.8, 0.7], step=dies_in_epoch_3, fingerprint={"lr": 0.1})
     caplog.set_level(logging.INFO, logger="medflow.train.loop")
     _, result = fit_scripted(tmp_path, [NAN, NAN, NAN], fingerprint={"lr": 0.2})
-    assert f"ignoring {tmp_path / 'model.pt.resume'}: it was written with other settings" in [r.getMessage() for r in caplog.records]
+    assert f"ignoring {tmp_path / 'model.pt.resume'}: it was written with other settings" in [
+        r.getMessage() for r in caplog.records
+    ]
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert math.isnan(load_checkpoint(tmp_path / "model.pt")["score"])
 
@@ -266,13 +295,26 @@ def test_resume_fingerprint_ignores_key_order_and_takes_paths(tmp_path, caplog):
     evaluate_fn = scripted(values)
     fp = {"lr": 0.05, "data": tmp_path / "data", "shape": (4, 4)}
     with pytest.raises(KeyboardInterrupt):
-        fit_scripted(tmp_path, values, step=step, evaluate_fn=evaluate_fn, fingerprint=fp, resume_path=resume, checkpoint_path=ckpt_path)
+        fit_scripted(
+            tmp_path,
+            values,
+            step=step,
+            evaluate_fn=evaluate_fn,
+            fingerprint=fp,
+            resume_path=resume,
+            checkpoint_path=ckpt_path,
+        )
     assert resume.exists() and not ckpt_path.exists()
     seen.clear()
     caplog.set_level(logging.INFO, logger="medflow.train.loop")
     _, result = fit_scripted(
-        tmp_path, values, step=lambda m, b: seen.append(1) or train_step(m, b), evaluate_fn=evaluate_fn,
-        fingerprint=dict(reversed(list(fp.items()))), resume_path=resume, checkpoint_path=ckpt_path,
+        tmp_path,
+        values,
+        step=lambda m, b: seen.append(1) or train_step(m, b),
+        evaluate_fn=evaluate_fn,
+        fingerprint=dict(reversed(list(fp.items()))),
+        resume_path=resume,
+        checkpoint_path=ckpt_path,
     )
     assert f"resuming from {resume} after epoch 2" in [r.getMessage() for r in caplog.records]
     assert len(seen) == 2 and [r["epoch"] for r in result.history] == [1, 2, 3, 4]
@@ -298,9 +340,14 @@ def test_history_rows(tmp_path, batch_size):
     _, result = fit_scripted(tmp_path, [], step=step, evaluate_fn=evaluate_fn, batch_size=batch_size, epochs=2)
     per_epoch = 16 // batch_size
     for i, row in enumerate(result.history):
-        epoch_losses = losses[i * per_epoch:(i + 1) * per_epoch]
-        assert row == {"epoch": i + 1.0, "train_loss": pytest.approx(sum(epoch_losses) / per_epoch, rel=1e-12),
-                       "val_m": 0.5, "val_loss": 2.0, "lr": 0.05}
+        epoch_losses = losses[i * per_epoch : (i + 1) * per_epoch]
+        assert row == {
+            "epoch": i + 1.0,
+            "train_loss": pytest.approx(sum(epoch_losses) / per_epoch, rel=1e-12),
+            "val_m": 0.5,
+            "val_loss": 2.0,
+            "lr": 0.05,
+        }
     assert set(modes[:per_epoch]) == {(True, True)} and modes[per_epoch] == (False, False)
 
 
@@ -314,8 +361,11 @@ def test_monitor_missing_from_evaluate_is_an_error(tmp_path):
     [
         (lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5), [0.5, 0.6, 0.7], [0.05, 0.025, 0.0125]),
         # stepped with the monitored score: halves after the epoch that did not improve
-        (lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=0.5, patience=0),
-         [0.5, 0.5, 0.7, 0.6], [0.05, 0.05, 0.025, 0.025]),
+        (
+            lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, mode="max", factor=0.5, patience=0),
+            [0.5, 0.5, 0.7, 0.6],
+            [0.05, 0.05, 0.025, 0.025],
+        ),
     ],
     ids=["StepLR", "ReduceLROnPlateau"],
 )
@@ -364,8 +414,8 @@ def test_progress_line_per_epoch_and_early_stop_message(tmp_path, caplog):
         f"epoch 4/5 train_loss {tl[3]:.4f} val_m 0.6250 lr 0.0500 | best 0.7500 @ 2 | ",
     ]
     for line, start in zip([lines[0], lines[1], lines[3]], expected):
-        assert line.startswith(start) and re.fullmatch(r"\d+\.\d s", line[len(start):]), line
-        assert float(line[len(start):-2]) < 60  # this epoch's seconds
+        assert line.startswith(start) and re.fullmatch(r"\d+\.\d s", line[len(start) :]), line
+        assert float(line[len(start) : -2]) < 60  # this epoch's seconds
     assert "early stop: no val_m improvement for 2 epochs" in [r.getMessage() for r in caplog.records]
 
 
@@ -412,7 +462,9 @@ def test_mlflow_run_continues_after_a_kill(tmp_path, mlflow_uri, monkeypatch):
     evaluate_fn = scripted(values)
     kw = dict(mode="min", evaluate_fn=evaluate_fn, tracking=spec, curves_path=tmp_path / "curves.png")
     plotted, real_plot = [], loop.plot_history
-    monkeypatch.setattr(loop, "plot_history", lambda h, path, monitor: plotted.append(monitor) or real_plot(h, path, monitor))
+    monkeypatch.setattr(
+        loop, "plot_history", lambda h, path, monitor: plotted.append(monitor) or real_plot(h, path, monitor)
+    )
 
     dies_in_epoch_3 = dies_after_steps(2)  # one batch per epoch
 
@@ -437,7 +489,9 @@ def test_mlflow_run_continues_after_a_kill(tmp_path, mlflow_uri, monkeypatch):
     assert arts == {"checkpoint/model.pt", "plots/curves.png"} and plotted == ["val_m"]
     ckpt = load_checkpoint(client.download_artifacts(result.run_id, "checkpoint/model.pt", str(tmp_path / "dl")))
     assert (ckpt["epoch"], ckpt["mlflow_run_id"]) == (2, result.run_id)
-    logged = json.loads(Path(client.download_artifacts(result.run_id, "history.json", str(tmp_path / "dl"))).read_text())
+    logged = json.loads(
+        Path(client.download_artifacts(result.run_id, "history.json", str(tmp_path / "dl"))).read_text()
+    )
     assert [r["epoch"] for r in logged["history"]] == [1, 2, 3, 4]
     assert [r["train_loss"] for r in logged["history"]] == [r["train_loss"] for r in result.history]
 
@@ -479,7 +533,10 @@ def test_curves_show_the_losses_and_the_monitored_score(tmp_path, monkeypatch):
     loop.plot_history(history, tmp_path / "curves.png", "val_m")
     (fig,) = figs
     loss_ax, score_ax = fig.axes
-    assert {ln.get_label(): list(ln.get_ydata()) for ln in loss_ax.get_lines()} == {"train_loss": [0.9, 0.7], "val_loss": [1.0, 0.8]}
+    assert {ln.get_label(): list(ln.get_ydata()) for ln in loss_ax.get_lines()} == {
+        "train_loss": [0.9, 0.7],
+        "val_loss": [1.0, 0.8],
+    }
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["train_loss", "val_loss"]
     assert [list(ln.get_ydata()) for ln in score_ax.get_lines()] == [[0.5, 0.625]]
     assert loss_ax.get_position().x1 <= score_ax.get_position().x0  # side by side
@@ -513,7 +570,9 @@ def test_resume_file_written_on_a_gpu_node_resumes_on_the_cpu(tmp_path, monkeypa
 def test_model_and_batches_are_moved_to_the_device(tmp_path, monkeypatch):
     moved = []
     real_to_device = loop.to_device
-    monkeypatch.setattr(loop, "to_device", lambda batch, device: moved.append(("batch", device)) or real_to_device(batch, device))
+    monkeypatch.setattr(
+        loop, "to_device", lambda batch, device: moved.append(("batch", device)) or real_to_device(batch, device)
+    )
 
     class Recording(torch.nn.Sequential):
         def to(self, *args, **kwargs):
@@ -544,8 +603,15 @@ def test_resume_without_the_scheduler_it_was_written_with(tmp_path):
     model = make_model()
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     with pytest.raises(KeyboardInterrupt):
-        fit_scripted(tmp_path, values, step=dies_in_epoch_3, evaluate_fn=evaluate_fn, model=model, opt=opt,
-                     scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        fit_scripted(
+            tmp_path,
+            values,
+            step=dies_in_epoch_3,
+            evaluate_fn=evaluate_fn,
+            model=model,
+            opt=opt,
+            scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        )
     _, result = fit_scripted(tmp_path, values, evaluate_fn=evaluate_fn)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
 

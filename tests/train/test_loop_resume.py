@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from medflow.train import FitConfig, fit, load_checkpoint
-from medflow.train import loop
+from medflow.train import FitConfig, fit, load_checkpoint, loop
 from tests.train.test_loop import evaluate, make_data, make_model, train_step
 
 torch.set_num_threads(1)
@@ -40,9 +39,18 @@ def fit_toy(out, sched=None, step=train_step, curves=False):
     val = DataLoader(make_data(32, seed=1), batch_size=16)
     cfg = FitConfig(epochs=EPOCHS, monitor="val_loss", mode="min", patience=PATIENCE, min_delta=0.01, seed=3)
     return fit(
-        model, opt, train, val, train_step=step, evaluate=evaluate, cfg=cfg, device=torch.device("cpu"),
-        checkpoint_path=out / "model.pt", scheduler=SCHEDULERS[sched](opt) if sched else None,
-        fingerprint={"lr": 0.05, "sched": sched}, curves_path=out / "curves.png" if curves else None,
+        model,
+        opt,
+        train,
+        val,
+        train_step=step,
+        evaluate=evaluate,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        checkpoint_path=out / "model.pt",
+        scheduler=SCHEDULERS[sched](opt) if sched else None,
+        fingerprint={"lr": 0.05, "sched": sched},
+        curves_path=out / "curves.png" if curves else None,
     )
 
 

@@ -15,8 +15,9 @@ CPU = torch.device("cpu")
 def make_model():
     # BatchNorm and Dropout behave differently in train mode, so a loop that forgets eval() differs.
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-                               torch.nn.Linear(16, 3))
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3)
+    )
 
 
 def make_loader(n=37, batch_size=8):
@@ -58,7 +59,9 @@ def test_tuple_and_dict_outputs_keep_their_structure_and_dtypes():
     assert prob.dtype == np.float32 and y.dtype == np.int64 and idx.dtype == np.int64
     np.testing.assert_array_equal(idx, np.arange(37))
     np.testing.assert_array_equal(y, torch.cat([b[1] for b in loader]).numpy())
-    np.testing.assert_allclose(prob, torch.softmax(torch.from_numpy(logits).double(), 1)[:, 1].float().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        prob, torch.softmax(torch.from_numpy(logits).double(), 1)[:, 1].float().numpy(), rtol=1e-6
+    )
 
     out = predict(model, loader, CPU, forward=lambda m, b: {"logits": m(b[0]), "target": b[1]})
     assert isinstance(out, dict) and list(out) == ["logits", "target"]
@@ -137,8 +140,17 @@ def test_works_inside_fits_validation(tmp_path):
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         cfg = FitConfig(epochs=3, monitor="val_loss", mode="min", seed=5)
-        res = fit(model, opt, train, val, train_step=train_step, evaluate=ev, cfg=cfg, device=CPU,
-                  checkpoint_path=tmp_path / f"{name}.pt")
+        res = fit(
+            model,
+            opt,
+            train,
+            val,
+            train_step=train_step,
+            evaluate=ev,
+            cfg=cfg,
+            device=CPU,
+            checkpoint_path=tmp_path / f"{name}.pt",
+        )
         results.append((res.history, model.state_dict()))
     (h_hand, w_hand), (h_pred, w_pred) = results
     assert [r["val_loss"] for r in h_hand] == [r["val_loss"] for r in h_pred]

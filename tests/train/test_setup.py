@@ -41,7 +41,9 @@ def test_job_defaults_and_frozen():
 
 
 def test_job_from_snakemake_reads_threads_rule_and_params():
-    smk = SimpleNamespace(threads=6, rule="brats_grade_train", params=Params(fromdict={"seed": 7, "bf16": False, "train": {}}))
+    smk = SimpleNamespace(
+        threads=6, rule="brats_grade_train", params=Params(fromdict={"seed": 7, "bf16": False, "train": {}})
+    )
     assert Job.from_snakemake(smk) == Job(threads=6, seed=7, bf16=False, rule="brats_grade_train", track=True)
 
 

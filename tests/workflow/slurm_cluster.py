@@ -55,8 +55,7 @@ def ensure_installed(timeout_s=300):
             return
         for cmd in (
             ["apt-get", "update"],
-            ["apt-get", "install", "-y", "--no-install-recommends",
-             "-o", "DPkg::Lock::Timeout=300", *PACKAGES],
+            ["apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=300", *PACKAGES],
         ):
             try:
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -118,8 +117,9 @@ class Cluster:
             self._socket_dir = tempfile.mkdtemp(prefix="medflow-munge-", dir="/tmp")
             self.munge_socket = Path(self._socket_dir) / "munge.socket"
         self.bin = self.root / "bin"
-        self.env = dict(os.environ, SLURM_CONF=str(self.conf),
-                        PATH=os.pathsep.join([str(self.bin), os.environ.get("PATH", "")]))
+        self.env = dict(
+            os.environ, SLURM_CONF=str(self.conf), PATH=os.pathsep.join([str(self.bin), os.environ.get("PATH", "")])
+        )
         self._procs = {}
 
     # -- configuration ---------------------------------------------------------------------------
@@ -181,9 +181,7 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
                 default = "YES" if i == 0 else "NO"
                 f.write(f"PartitionName={name} Nodes={NODE} Default={default} MaxTime=INFINITE State=UP\n")
         files = ",".join(["/dev/null"] * self.gpus)
-        (self.root / "etc" / "gres.conf").write_text(
-            f"NodeName={NODE} Name=gpu File={files} Count={self.gpus}\n"
-        )
+        (self.root / "etc" / "gres.conf").write_text(f"NodeName={NODE} Name=gpu File={files} Count={self.gpus}\n")
 
     # -- daemons ---------------------------------------------------------------------------------
     def _spawn(self, name, cmd):
@@ -191,7 +189,11 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
         # Own session: a Ctrl-C in the terminal running the tests does not reach the daemons before
         # stop() does. If this process dies without stop() (SIGKILL), the kernel sends them SIGTERM.
         self._procs[name] = subprocess.Popen(
-            cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cmd,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         out.close()
@@ -201,8 +203,9 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
         while time.monotonic() < deadline:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}\n"
-                                       + self.log_tail())
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode} while waiting for {what}\n" + self.log_tail()
+                    )
             if check():
                 return
             time.sleep(0.5)
@@ -216,8 +219,9 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
         return done.stdout
 
     def node_state(self):
-        done = subprocess.run(["sinfo", "-h", "-N", "-n", NODE, "-o", "%T"], env=self.env,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["sinfo", "-h", "-N", "-n", NODE, "-o", "%T"], env=self.env, capture_output=True, text=True, timeout=30
+        )
         # One line per partition the node is in; they agree.
         states = set(done.stdout.split()) if done.returncode == 0 else set()
         return states.pop() if len(states) == 1 else ",".join(sorted(states))
@@ -225,11 +229,19 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
     def start(self, timeout_s=60):
         self._write_config()
         m = self.root / "munge"
-        self._spawn("munged", [
-            _sbin("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-            f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
-            f"--seed-file={m / 'munged.seed'}", f"--log-file={self.root / 'log' / 'munged.log'}",
-        ])
+        self._spawn(
+            "munged",
+            [
+                _sbin("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={m / 'munge.key'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--seed-file={m / 'munged.seed'}",
+                f"--log-file={self.root / 'log' / 'munged.log'}",
+            ],
+        )
         self._wait_for("the munge socket", self.munge_socket.exists, timeout_s)
         # -i: ignore state left by an earlier controller (there is none; the folder is new).
         self._spawn("slurmctld", [_sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)])
@@ -241,8 +253,9 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
         """Cancel remaining jobs, then stop slurmd, slurmctld and munged (in that order)."""
         try:
             if self._procs.get("slurmctld") and self._procs["slurmctld"].poll() is None and self.active_jobs():
-                subprocess.run(["scancel", "--full", *self.active_jobs()], env=self.env,
-                               capture_output=True, timeout=30)
+                subprocess.run(
+                    ["scancel", "--full", *self.active_jobs()], env=self.env, capture_output=True, timeout=30
+                )
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and self.active_jobs():
                     time.sleep(0.5)
@@ -262,8 +275,9 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def active_jobs(self):
-        done = subprocess.run(["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%i"], env=self.env,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["squeue", "-h", "-t", "PD,R,CG,S", "-o", "%i"], env=self.env, capture_output=True, text=True, timeout=30
+        )
         return done.stdout.split() if done.returncode == 0 else []
 
     def log_tail(self, lines=15):
@@ -284,8 +298,7 @@ NodeName={NODE} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.real_memory
 if __name__ == "__main__":
     ensure_installed()
     with Cluster(root=sys.argv[1] if len(sys.argv) > 1 else None) as cluster:
-        print(f"cluster up; in another shell:\n  export SLURM_CONF={cluster.conf} PATH={cluster.bin}:$PATH",
-              flush=True)
+        print(f"cluster up; in another shell:\n  export SLURM_CONF={cluster.conf} PATH={cluster.bin}:$PATH", flush=True)
         try:
             signal.pause()
         except KeyboardInterrupt:

@@ -17,19 +17,39 @@ def snakemake_cmd(workdir: Path, *args: str, configfiles=(), cores: int = 2) -> 
     exe = shutil.which("snakemake") or str(Path(sys.executable).with_name("snakemake"))
     cfg = [str(ROOT / "config" / "config.yaml"), str(TINY), *map(str, configfiles)]
     # Targets and flags go first: --resources and --configfile take every value after them.
-    return [exe, *args, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--cores", str(cores),
-            "--resources", "gpu=1", "--configfile", *cfg]
+    return [
+        exe,
+        *args,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        str(cores),
+        "--resources",
+        "gpu=1",
+        "--configfile",
+        *cfg,
+    ]
 
 
-def run_snakemake(workdir: Path, *args: str, configfiles=(), check=True, timeout=1200,
-                  **kw) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, configfiles=(), check=True, timeout=1200, **kw
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("MLFLOW_TRACKING_URI", None)  # each scratch run tracks into its own results/mlflow
-    proc = subprocess.run(snakemake_cmd(workdir, *args, configfiles=configfiles), capture_output=True, text=True,
-                          env=env, timeout=timeout, **kw)
+    proc = subprocess.run(
+        snakemake_cmd(workdir, *args, configfiles=configfiles),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        **kw,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 
@@ -46,5 +66,3 @@ def planned_jobs(output: str) -> dict[str, int]:
                 counts[m.group(1)] = int(m.group(2))
             break
     return counts
-
-

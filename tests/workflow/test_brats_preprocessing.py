@@ -18,8 +18,11 @@ RAW = "results/synthetic/brats/MICCAI_BraTS2020_TrainingData"
 
 
 def targets():
-    return ["results/brats/ingest/split.csv", "results/brats/ingest/manifest.csv",
-            *(f"results/brats/patches/{c}.h5" for c in CASES)]
+    return [
+        "results/brats/ingest/split.csv",
+        "results/brats/ingest/manifest.csv",
+        *(f"results/brats/patches/{c}.h5" for c in CASES),
+    ]
 
 
 def test_broken_case_stops_alone_and_the_others_finish(tmp_path):

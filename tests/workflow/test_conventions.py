@@ -77,8 +77,10 @@ def _imported_modules(script: Path) -> set[str]:
 
 def test_table_and_workflow_have_the_same_rules(rules):
     in_workflow = set(rules) - {"all"}
-    assert in_workflow == set(TABLE), (f"rules missing from the table: {sorted(in_workflow - set(TABLE))}; "
-                                      f"rows that are no rule: {sorted(set(TABLE) - in_workflow)}")
+    assert in_workflow == set(TABLE), (
+        f"rules missing from the table: {sorted(in_workflow - set(TABLE))}; "
+        f"rows that are no rule: {sorted(set(TABLE) - in_workflow)}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))
@@ -136,8 +138,9 @@ def test_pipelines_switched_in_config_are_the_tracked_pipelines_of_the_table():
 
 
 def test_n4_per_modality_log_is_the_documented_one():
-    note = re.search(r"`brats\.n4\.per_modality: true` runs per case and modality: log\s+`([^`]+)`",
-                     CONVENTIONS.read_text())
+    note = re.search(
+        r"`brats\.n4\.per_modality: true` runs per case and modality: log\s+`([^`]+)`", CONVENTIONS.read_text()
+    )
     assert note, "docs/conventions.md: the per_modality note is gone"
     rules = workflow_rules.declared_rules(config={"brats": {"n4": {"per_modality": True}}})
     n4 = rules["brats_n4"]
@@ -178,9 +181,15 @@ def test_only_workflow_tests_start_snakemake():
 def test_the_starter_check_sees_a_snakemake_run(tmp_path):
     """The check above can fail: it finds each way of starting Snakemake."""
     probe = tmp_path / "probe.py"
-    probe.write_text("import subprocess\nfrom tests.workflow.smk import run_snakemake\n"
-                     "from snakemake.api import SnakemakeApi\nsubprocess.run(['python', '-m', 'snakemake'])\n"
-                     "from snakemake.utils import validate\n")
+    probe.write_text(
+        "import subprocess\nfrom tests.workflow.smk import run_snakemake\n"
+        "from snakemake.api import SnakemakeApi\nsubprocess.run(['python', '-m', 'snakemake'])\n"
+        "from snakemake.utils import validate\n"
+    )
     assert [h.split(": ", 1)[1] for h in _starts_snakemake(probe)] == [
-        "imports tests.workflow.smk", "imports tests.workflow.smk.run_snakemake",
-        "imports snakemake.api", "imports snakemake.api.SnakemakeApi", "the string 'snakemake'"]
+        "imports tests.workflow.smk",
+        "imports tests.workflow.smk.run_snakemake",
+        "imports snakemake.api",
+        "imports snakemake.api.SnakemakeApi",
+        "the string 'snakemake'",
+    ]

@@ -13,6 +13,13 @@ from tests.workflow import workflow_rules
 
 REPO = workflow_rules.REPO
 GPU_SECONDS = 2
+
+
+def _timed_sleep(seconds):
+    """Shell command for a Snakemake rule: sleep `seconds`, writing the start and end times to {output}."""
+    return f"date +%s.%N > {{output}}.tmp; sleep {seconds}; date +%s.%N >> {{output}}.tmp; mv {{output}}.tmp {{output}}"
+
+
 # Two independent GPU jobs and one long CPU job: with room for all three, only the `gpu` limit
 # can keep the GPU jobs apart, and the CPU job must run beside both of them.
 SNAKEFILE = textwrap.dedent(
@@ -25,12 +32,12 @@ SNAKEFILE = textwrap.dedent(
         wildcard_constraints: name="a|b"
         threads: 1
         resources: gpu=1
-        shell: "date +%s.%N > {{output}}.tmp; sleep {GPU_SECONDS}; date +%s.%N >> {{output}}.tmp; mv {{output}}.tmp {{output}}"
+        shell: "{_timed_sleep(GPU_SECONDS)}"
 
     rule cpu_long:
         output: "cpu_long.txt"
         threads: 1
-        shell: "date +%s.%N > {{output}}.tmp; sleep {4 * GPU_SECONDS}; date +%s.%N >> {{output}}.tmp; mv {{output}}.tmp {{output}}"
+        shell: "{_timed_sleep(4 * GPU_SECONDS)}"
     """
 )
 
@@ -102,8 +109,9 @@ def test_rules_that_use_a_torch_device_claim_the_gpu_and_training_threads(rules)
     for name, hits in sorted(device_rules.items()):
         res = rules[name]["resources"]
         if res.get("gpu") != 3:
-            problems.append(f"{name}: picks a device ({', '.join(hits)}) but declares gpu={res.get('gpu')}, "
-                            "not gpu=gpu_resource()")
+            problems.append(
+                f"{name}: picks a device ({', '.join(hits)}) but declares gpu={res.get('gpu')}, not gpu=gpu_resource()"
+            )
         if res.get("_cores") != 5:
             problems.append(f"{name}: threads={res.get('_cores')}, not config compute.train_threads")
     for name, rule in sorted(rules.items()):

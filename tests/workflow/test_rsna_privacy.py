@@ -41,11 +41,21 @@ def test_no_patient_identifier_reaches_any_output(rsna_raw, tmp_path):
     assert all(n.encode() in one for n in (NAME, BIRTH, HOSPITAL_ID)), "the test's input must carry the identifiers"
 
     override = tmp_path / "real.yaml"
-    override.write_text(yaml.safe_dump({
-        "synthetic": {"enabled": False},
-        "pipelines": {"brats_segmentation": False, "brats_grade": False, "mrnet": False, "rsna": True, "oct": False},
-        "rsna": {"raw_dir": str(raw), "train": {"epochs": 1}},
-    }))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "synthetic": {"enabled": False},
+                "pipelines": {
+                    "brats_segmentation": False,
+                    "brats_grade": False,
+                    "mrnet": False,
+                    "rsna": True,
+                    "oct": False,
+                },
+                "rsna": {"raw_dir": str(raw), "train": {"epochs": 1}},
+            }
+        )
+    )
     workdir = tmp_path / "wd"
     targets = ["results/rsna/evaluate/metrics.json", "results/rsna/eda/samples.png"]
     proc = run_snakemake(workdir, *targets, configfiles=[override])

@@ -45,8 +45,7 @@ def cluster(tmp_path_factory):
         slurm_cluster.ensure_installed()
     except slurm_cluster.Unavailable as e:
         pytest.skip(f"SLURM cannot be installed here: {e}")
-    c = slurm_cluster.Cluster(root=tmp_path_factory.mktemp("slurm"), cpus=2, gpus=1,
-                              partitions=("cpu", "gpu"))
+    c = slurm_cluster.Cluster(root=tmp_path_factory.mktemp("slurm"), cpus=2, gpus=1, partitions=("cpu", "gpu"))
     try:
         c.start()
         yield c
@@ -73,12 +72,23 @@ def _rule_of(record):
 def test_profile_runs_workflow_on_slurm_and_requests_the_gpu(cluster, tmp_path):
     wd = tmp_path / "wd"
     cmd = [
-        sys.executable, "-m", "snakemake", *TARGETS.values(),
-        "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd),
-        "--workflow-profile", str(PROFILE),
+        sys.executable,
+        "-m",
+        "snakemake",
+        *TARGETS.values(),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(wd),
+        "--workflow-profile",
+        str(PROFILE),
         # Test-only: poll every few seconds (the profile waits 20 s), fail at once instead of retrying.
-        "--slurm-init-seconds-before-status-checks", "2", "--retries", "0",
-        "--configfile", *map(str, CONFIGS),
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--retries",
+        "0",
+        "--configfile",
+        *map(str, CONFIGS),
     ]
     try:
         done = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, timeout=400)

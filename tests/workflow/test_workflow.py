@@ -26,9 +26,15 @@ PIPELINE_PREFIXES = {
 # The report prints the whole config, so every config change reruns it (and `all`, which collects it).
 REPORT = {"report", "all"}
 BRATS_FROM_N4 = {
-    "brats_n4", "brats_trim", "brats_stack", "brats_patches",
-    "brats_segmentation_train", "brats_segmentation_evaluate",
-    "brats_grade_slices", "brats_grade_train", "brats_grade_evaluate",
+    "brats_n4",
+    "brats_trim",
+    "brats_stack",
+    "brats_patches",
+    "brats_segmentation_train",
+    "brats_segmentation_evaluate",
+    "brats_grade_slices",
+    "brats_grade_train",
+    "brats_grade_evaluate",
 }
 EVALUATE = {"brats_segmentation_evaluate", "brats_grade_evaluate", "mrnet_evaluate", "rsna_evaluate", "oct_evaluate"}
 
@@ -49,8 +55,13 @@ def test_dry_run_plans_every_rule_of_every_pipeline(tmp_path):
 
 def test_tiny_run_writes_every_pipeline_output(tiny_run):
     results = tiny_run / "results"
-    final = ["brats/segmentation/evaluate/metrics.json", "brats/grade/evaluate/metrics.json",
-             "mrnet/summary/metrics.json", "rsna/evaluate/metrics.json", "oct/evaluate/metrics.json"]
+    final = [
+        "brats/segmentation/evaluate/metrics.json",
+        "brats/grade/evaluate/metrics.json",
+        "mrnet/summary/metrics.json",
+        "rsna/evaluate/metrics.json",
+        "oct/evaluate/metrics.json",
+    ]
     for metrics in final:
         data = json.loads((results / metrics).read_text())
         assert data.get("headline"), f"{metrics}: the report reads its headline block"
@@ -76,11 +87,15 @@ def _planned_with(tiny_run, tmp_path, override) -> dict[str, int]:
     return planned_jobs(run_snakemake(tiny_run, "-n", configfiles=[path]).stdout)
 
 
-@pytest.mark.parametrize("override", [
-    {"brats": {"n4": {"threads": 2}}},
-    {"compute": {"train_threads": 3}},
-    {"rsna": {"threads": 2}},
-], ids=["brats.n4.threads", "compute.train_threads", "rsna.threads"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"brats": {"n4": {"threads": 2}}},
+        {"compute": {"train_threads": 3}},
+        {"rsna": {"threads": 2}},
+    ],
+    ids=["brats.n4.threads", "compute.train_threads", "rsna.threads"],
+)
 def test_changed_thread_count_reruns_no_stage(tiny_run, tmp_path, override):
     """Threads change how a job runs, not what it writes: they are `threads:`, never params."""
     jobs = _planned_with(tiny_run, tmp_path, override)

@@ -19,7 +19,7 @@ import json
 import os
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,10 +32,14 @@ DEVICE_MODULE = SRC / "medflow" / "train" / "device.py"
 def declared_rules(configfiles=(), config=None, workdir=None) -> dict[str, dict]:
     """{rule name: {"script", "local", "resources", "log", "benchmark", "output"}} as Snakemake parses the
     workflow: "log" and "output" are lists of paths, "benchmark" a path or None."""
-    args = {"configfiles": [str(c) for c in configfiles], "config": config or {},
-            "workdir": str(workdir or REPO)}
-    done = subprocess.run([sys.executable, __file__, json.dumps(args)], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, PYTHONPATH=str(SRC)))
+    args = {"configfiles": [str(c) for c in configfiles], "config": config or {}, "workdir": str(workdir or REPO)}
+    done = subprocess.run(
+        [sys.executable, __file__, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(SRC)),
+    )
     if done.returncode != 0:
         raise RuntimeError(f"loading the workflow failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -55,8 +59,7 @@ def _dump(args):
     with SnakemakeApi(OutputSettings()) as api:
         wf = api.workflow(
             resource_settings=ResourceSettings(),
-            config_settings=ConfigSettings(configfiles=[Path(c) for c in args["configfiles"]],
-                                           config=args["config"]),
+            config_settings=ConfigSettings(configfiles=[Path(c) for c in args["configfiles"]], config=args["config"]),
             storage_settings=StorageSettings(),
             snakefile=SNAKEFILE,
             workdir=Path(args["workdir"]),
@@ -112,7 +115,7 @@ def _imports(path: Path) -> set[str]:
     return {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 2)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _calls_device(path: Path) -> bool:
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):

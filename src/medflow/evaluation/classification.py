@@ -6,7 +6,7 @@ Numbers come from scikit-learn; plots from matplotlib; metrics are plain floats 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn import metrics as skm
@@ -46,7 +46,9 @@ def _plt():
     return plt
 
 
-def plot_roc(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: str | os.PathLike, title: str = "ROC") -> None:
+def plot_roc(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: str | os.PathLike, title: str = "ROC"
+) -> None:
     """One PNG with a ROC curve per named (y_true, prob) pair, AUC in the legend."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -67,7 +69,13 @@ def plot_roc(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: 
     plt.close(fig)
 
 
-def plot_confusion(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str], path: str | os.PathLike, title: str = "Confusion matrix") -> np.ndarray:
+def plot_confusion(
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "Confusion matrix",
+) -> np.ndarray:
     """Confusion-matrix PNG (counts); returns the matrix."""
     plt = _plt()
     cm = skm.confusion_matrix(y_true, y_pred, labels=list(range(len(class_names))))

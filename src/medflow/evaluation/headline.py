@@ -25,7 +25,8 @@ import numbers
 import os
 import re
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -170,8 +171,9 @@ def _unit_weights(draws: np.ndarray, n_units: int) -> np.ndarray:
     return np.bincount(flat, minlength=n_boot * n_units).reshape(n_boot, n_units).astype(float)
 
 
-def _weighted_auc(w: np.ndarray, positive: np.ndarray, lvl: np.ndarray, lvl_start: np.ndarray,
-                  lvl_end: np.ndarray) -> np.ndarray:
+def _weighted_auc(
+    w: np.ndarray, positive: np.ndarray, lvl: np.ndarray, lvl_start: np.ndarray, lvl_end: np.ndarray
+) -> np.ndarray:
     """AUC of each resample from item weights w (B, N), items sorted by score; lvl (N,) is each item's
     score level (ties share one), items of level l at sorted positions lvl_start[l]:lvl_end[l].
 
@@ -188,8 +190,9 @@ def _weighted_auc(w: np.ndarray, positive: np.ndarray, lvl: np.ndarray, lvl_star
         return num / (pos_w.sum(axis=1) * (w.sum(axis=1) - pos_w.sum(axis=1)))
 
 
-def auc_metric(y_true: Any, score: Any, groups: Any = None, *, n_boot: int = 1000, seed: int = 0,
-               level: float = 0.95) -> dict[str, Any]:
+def auc_metric(
+    y_true: Any, score: Any, groups: Any = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """ROC AUC of a binary prediction and its bootstrap interval, vectorised (ms, not seconds).
 
     ``y_true`` (N,) in {0, 1}, ``score`` (N,) any real (probability, logit). ``value`` is
@@ -214,7 +217,7 @@ def auc_metric(y_true: Any, score: Any, groups: Any = None, *, n_boot: int = 100
     lvl = lvl.ravel()
     lvl_start = np.searchsorted(lvl, np.arange(len(tie)), side="left")
     lvl_end = np.searchsorted(lvl, np.arange(len(tie)), side="right")
-    positive = (y[order] == 1)
+    positive = y[order] == 1
     stats = np.empty(n_boot)
     chunk = max(1, 2_000_000 // len(y))  # bound memory: chunk x N floats per intermediate
     for b0 in range(0, n_boot, chunk):
@@ -251,8 +254,12 @@ def headline_block(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
         n = entry["n"]
         if not (isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0):
             raise ValueError(f"headline {name!r}: n must be a non-negative integer, got {n!r}")
-        out[name] = {"value": float(entry["value"]), "ci_low": float(entry["ci_low"]),
-                     "ci_high": float(entry["ci_high"]), "n": int(n)}
+        out[name] = {
+            "value": float(entry["value"]),
+            "ci_low": float(entry["ci_low"]),
+            "ci_high": float(entry["ci_high"]),
+            "n": int(n),
+        }
     return out
 
 

@@ -19,8 +19,9 @@ import pandas as pd
 RULES = ("mean", "median", "max", "vote")
 
 
-def aggregate(cases: Sequence[str], prob: Sequence[float], rule: str = "mean",
-              labels: Sequence[int] | None = None) -> pd.DataFrame:
+def aggregate(
+    cases: Sequence[str], prob: Sequence[float], rule: str = "mean", labels: Sequence[int] | None = None
+) -> pd.DataFrame:
     """One row per case (sorted by id): ``id``, ``prob`` (aggregated P(HGG)), ``n_slices`` and, when
     slice ``labels`` are given, ``label`` (all slices of a case must carry the same label)."""
     if rule not in RULES:

@@ -39,8 +39,9 @@ class GradeSlices(torch.utils.data.Dataset):
     worker (h5py handles do not survive a fork).
     """
 
-    def __init__(self, path: str | os.PathLike, split: str, augment: Augment | None = None,
-                 index: Mapping | None = None):
+    def __init__(
+        self, path: str | os.PathLike, split: str, augment: Augment | None = None, index: Mapping | None = None
+    ):
         self.path = str(path)
         index = index or read_index(path)
         self.rows = np.flatnonzero(index["split"] == split)

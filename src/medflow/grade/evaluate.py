@@ -81,8 +81,9 @@ def headline(y: np.ndarray, prob: np.ndarray, threshold: float, bootstrap: Boots
     return {"auc": auc_metric(y, prob, **kw), "balanced_accuracy": bacc}
 
 
-def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: EvaluateParams,
-             job: Job) -> dict:
+def evaluate(
+    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: EvaluateParams, job: Job
+) -> dict:
     """Score the test slices and patients; returns the metrics written.
 
     ``inputs``: ``slices`` (slice HDF5), ``split`` (split CSV), ``checkpoint``. ``outputs``: ``metrics``
@@ -100,8 +101,9 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
     ds = GradeSlices(slices_path, "test", None, index=index)
     if len(ds) == 0:
         raise InputError(slices_path, "no test slices")
-    loader = DataLoader(ds, batch_size=int(params.evaluate.batch_size), shuffle=False,
-                        **loader_kwargs(device, job.threads))
+    loader = DataLoader(
+        ds, batch_size=int(params.evaluate.batch_size), shuffle=False, **loader_kwargs(device, job.threads)
+    )
     prob, y, idx = predict_slices(model, loader, device, bf16=job.bf16)
     cases = ds.cases[idx]
 
@@ -115,16 +117,18 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
         without = sorted(set(json.loads(f.attrs["cases_without_slices"])) & test_cases)
     if without:
         log.warning("%d test cases had no eligible slices and are not scored", len(without))
-    cm = plot_confusion(patients["label"], patients["pred"], CLASSES, outputs["confusion"],
-                        title=f"Grade, patients (n={len(patients)})")
+    cm = plot_confusion(
+        patients["label"], patients["pred"], CLASSES, outputs["confusion"], title=f"Grade, patients (n={len(patients)})"
+    )
     plot_roc(
         {f"patients ({aggregate_rule})": (patients["label"], patients["prob"]), "slices": (y, prob)},
         outputs["roc"],
         title="LGG vs HGG (test)",
     )
     metrics = {
-        "headline": headline(patients["label"].to_numpy(), patients["prob"].to_numpy(), threshold, params.bootstrap,
-                             job.seed),
+        "headline": headline(
+            patients["label"].to_numpy(), patients["prob"].to_numpy(), threshold, params.bootstrap, job.seed
+        ),
         "patient": {**patient, "confusion_matrix": cm.tolist()},
         "slice": {k: slice_[k] for k in ("auc", "accuracy", "balanced_accuracy", "n")},
         "aggregate": aggregate_rule,
@@ -141,15 +145,26 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
     with io.atomic_path(outputs["patients"]) as tmp:
         out.to_csv(tmp, index=False, float_format="%.6f")
     rows = ds.rows[idx]
-    slices = pd.DataFrame({"id": cases, "z": index["z"][rows], "tumour_pixels": index["tumour_pixels"][rows],
-                           "grade": [CLASSES[v] for v in y], "prob_hgg": prob})
+    slices = pd.DataFrame(
+        {
+            "id": cases,
+            "z": index["z"][rows],
+            "tumour_pixels": index["tumour_pixels"][rows],
+            "grade": [CLASSES[v] for v in y],
+            "prob_hgg": prob,
+        }
+    )
     with io.atomic_path(outputs["slices"]) as tmp:
         slices.to_csv(tmp, index=False, float_format="%.6f")
     hl = metrics["headline"]
-    log.info("patients: AUC %.3f [%.3f, %.3f] balanced accuracy %.3f [%.3f, %.3f] (n=%d, %s rule); "
-             "slices: AUC %.3f (n=%d)",
-             *(hl[k][v] for k in ("auc", "balanced_accuracy") for v in ("value", "ci_low", "ci_high")),
-             patient["n"], aggregate_rule, slice_["auc"], slice_["n"])
+    log.info(
+        "patients: AUC %.3f [%.3f, %.3f] balanced accuracy %.3f [%.3f, %.3f] (n=%d, %s rule); slices: AUC %.3f (n=%d)",
+        *(hl[k][v] for k in ("auc", "balanced_accuracy") for v in ("value", "ci_low", "ci_high")),
+        patient["n"],
+        aggregate_rule,
+        slice_["auc"],
+        slice_["n"],
+    )
 
     if job.track:
         from medflow import tracking
@@ -157,7 +172,13 @@ def evaluate(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str 
         extra = {f"patient_{k}": v for k, v in patient.items()}
         extra.update({"slice_auc": slice_["auc"], "slice_n": slice_["n"]})
         tracking.log_evaluation(
-            EXPERIMENT, job.rule or RULE, headline=hl, training_run_id=ckpt["mlflow_run_id"],
+            EXPERIMENT,
+            job.rule or RULE,
+            headline=hl,
+            training_run_id=ckpt["mlflow_run_id"],
             artifacts=[outputs[k] for k in ("metrics", "roc", "confusion", "patients")],
-            params={"aggregate": aggregate_rule, "threshold": threshold}, rule=job.rule, extra_metrics=extra)
+            params={"aggregate": aggregate_rule, "threshold": threshold},
+            rule=job.rule,
+            extra_metrics=extra,
+        )
     return metrics

@@ -37,16 +37,25 @@ def adapt_conv1(conv: nn.Conv2d, in_channels: int, init: str = "mean") -> nn.Con
     else:
         reps = -(-in_channels // w.shape[1])
         new_w = w.repeat(1, reps, 1, 1)[:, :in_channels]
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, bias=conv.bias is not None)
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=conv.bias is not None,
+    )
     new.weight.copy_(new_w * (w.shape[1] / in_channels))
     if conv.bias is not None:
         new.bias.copy_(conv.bias)
     return new
 
 
-def build_resnet18(in_channels: int = 4, n_classes: int = 2, *, weights: str = "none",
-                   conv1_init: str = "mean") -> nn.Module:
+def build_resnet18(
+    in_channels: int = 4, n_classes: int = 2, *, weights: str = "none", conv1_init: str = "mean"
+) -> nn.Module:
     """ResNet18: (N, in_channels, H, W) standardised slices -> logits (N, n_classes).
 
     ``weights``: ``imagenet`` (torchvision IMAGENET1K_V1 from torch's cache, else an InputError

@@ -21,8 +21,9 @@ def _forward(model: torch.nn.Module, batch):
     return torch.softmax(model(x).float(), dim=1)[:, 1], y, i
 
 
-def predict_slices(model: torch.nn.Module, loader, device: torch.device, *, bf16: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_slices(
+    model: torch.nn.Module, loader, device: torch.device, *, bf16: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """P(HGG) (N,) float32, slice grades (N,) int64 (1 = HGG) and dataset indices (N,) int64 over
     ``loader`` (batches of a :class:`~medflow.grade.data.GradeSlices`), in the loader's order."""
     return predict(model, loader, device, bf16=bf16, forward=_forward)

@@ -108,8 +108,13 @@ def write_slices(
     str_dt = h5py.string_dtype()
     with io.atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         c = len(MODALITIES)
-        img = f.create_dataset("image", shape=(0, c, size, size), maxshape=(None, c, size, size), dtype=np.float32,
-                               chunks=(1, c, size, size))
+        img = f.create_dataset(
+            "image",
+            shape=(0, c, size, size),
+            maxshape=(None, c, size, size),
+            dtype=np.float32,
+            chunks=(1, c, size, size),
+        )
         cols = {
             "case": f.create_dataset("case", shape=(0,), maxshape=(None,), dtype=str_dt),
             "split": f.create_dataset("split", shape=(0,), maxshape=(None,), dtype=str_dt),

@@ -64,8 +64,9 @@ def class_weights(targets: np.ndarray, mode: str) -> torch.Tensor | None:
     return torch.tensor(counts.sum() / (2 * counts), dtype=torch.float32)
 
 
-def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: TrainParams,
-          job: Job) -> FitResult:
+def train(
+    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike], params: TrainParams, job: Job
+) -> FitResult:
     """Fit ResNet18 (4-channel conv1, 2 outputs) with cross-entropy on the ``train`` slices.
 
     ``inputs["slices"]``: the slice HDF5 (:mod:`medflow.grade.slices`); ``outputs["checkpoint"]``,
@@ -93,8 +94,9 @@ def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | o
         log.info("class weights LGG %.3f HGG %.3f", *weight.tolist())
         weight = weight.to(device)
 
-    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.batch_size, device=device,
-                                            threads=job.threads)
+    train_loader, val_loader = make_loaders(
+        train_ds, val_ds, batch_size=cfg.batch_size, device=device, threads=job.threads
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
 
     def train_step(model, batch):
@@ -125,9 +127,18 @@ def train(inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | o
     }
     # The train block flat (augment nested) beside aggregate and seed: what a resume must match, what MLflow shows.
     settings = {**dataclasses.asdict(cfg), "aggregate": params.aggregate, "seed": job.seed}
-    run = tracking(job, EXPERIMENT, job.rule or RULE, {
-        **settings, "n_train_slices": len(train_ds), "n_val_slices": len(val_ds),
-        "n_train_cases": len(set(train_ds.cases)), "n_val_cases": len(set(val_ds.cases))})
+    run = tracking(
+        job,
+        EXPERIMENT,
+        job.rule or RULE,
+        {
+            **settings,
+            "n_train_slices": len(train_ds),
+            "n_val_slices": len(val_ds),
+            "n_train_cases": len(set(train_ds.cases)),
+            "n_val_cases": len(set(val_ds.cases)),
+        },
+    )
     return fit(
         model,
         optimizer,

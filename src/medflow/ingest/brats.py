@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -206,8 +206,13 @@ def read_grades(mapping_csv: str | os.PathLike, cases: Sequence[str]) -> dict[st
     return out
 
 
-def write_split(raw_dir: str | os.PathLike, cases: Sequence[str], fractions: Mapping[str, float], seed: int,
-                out_csv: str | os.PathLike):
+def write_split(
+    raw_dir: str | os.PathLike,
+    cases: Sequence[str],
+    fractions: Mapping[str, float],
+    seed: int,
+    out_csv: str | os.PathLike,
+):
     """``id,split,grade`` by patient, stratified by grade (fractions e.g. {train: .7, val: .15, test: .15})."""
     from medflow.ingest import splits
 
@@ -215,7 +220,12 @@ def write_split(raw_dir: str | os.PathLike, cases: Sequence[str], fractions: Map
     assignment = splits.assign_splits(list(cases), fractions, seed, strata=[grades[c] for c in cases])
     df = splits.write_split(out_csv, assignment, extra={"grade": [grades[c] for c in assignment]})
     for split, part in df.groupby("split"):
-        log.info("%s: %d cases (%s)", split, len(part), ", ".join(f"{g} {n}" for g, n in part["grade"].value_counts().sort_index().items()))
+        log.info(
+            "%s: %d cases (%s)",
+            split,
+            len(part),
+            ", ".join(f"{g} {n}" for g, n in part["grade"].value_counts().sort_index().items()),
+        )
     return df
 
 
@@ -232,7 +242,9 @@ def manifest_row(raw_dir: str | os.PathLike, case: str, grade: str) -> dict:
             shape = "x".join(str(int(s)) for s in hdr.get_data_shape())
             spacing = "x".join(f"{float(s):g}" for s in hdr.get_zooms()[:3])
         except Exception as exc:
-            log.warning("%s: header unreadable (%s); brats_validate will stop this case", files["flair"], type(exc).__name__)
+            log.warning(
+                "%s: header unreadable (%s); brats_validate will stop this case", files["flair"], type(exc).__name__
+            )
     return {
         "id": case,
         "grade": grade,

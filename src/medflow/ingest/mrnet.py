@@ -129,8 +129,9 @@ def discover(root: str | os.PathLike, in_plane: int = IN_PLANE) -> pd.DataFrame:
             for t in labels:  # an exam listed for one task must be listed for all
                 for e in exams:
                     if e not in labels[t]:
-                        problems.add(label_csv(root, split, t),
-                                     f"no row for exam {e} (listed in {split}-{listed_in[e]}.csv)")
+                        problems.add(
+                            label_csv(root, split, t), f"no row for exam {e} (listed in {split}-{listed_in[e]}.csv)"
+                        )
             present: dict[str, set[str]] = {}  # plane -> exam ids with an array, from one listing per folder
             for plane in PLANES:
                 d = root / split / plane
@@ -141,8 +142,10 @@ def discover(root: str | os.PathLike, in_plane: int = IN_PLANE) -> pd.DataFrame:
                 if labels:
                     first = next(iter(labels))
                     for stem in sorted(present[plane] - set(exams)):
-                        problems.add(label_csv(root, split, first),
-                                     f"no row for exam {stem}, which has {split}/{plane}/{stem}.npy")
+                        problems.add(
+                            label_csv(root, split, first),
+                            f"no row for exam {stem}, which has {split}/{plane}/{stem}.npy",
+                        )
             for e in exams:
                 if e in seen:
                     problems.add(label_csv(root, split, listed_in[e]), f"exam {e} is also in {seen[e]}")
@@ -181,8 +184,15 @@ def assign_folds(manifest: pd.DataFrame, k: int, seed: int) -> pd.Series:
     return manifest["id"].map(lambda e: fold.get(e, VALID_FOLD)).rename("fold")
 
 
-def ingest(root: str | os.PathLike, manifest_out: str | os.PathLike, folds_out: str | os.PathLike, *, k: int, seed: int,
-           in_plane: int = IN_PLANE) -> pd.DataFrame:
+def ingest(
+    root: str | os.PathLike,
+    manifest_out: str | os.PathLike,
+    folds_out: str | os.PathLike,
+    *,
+    k: int,
+    seed: int,
+    in_plane: int = IN_PLANE,
+) -> pd.DataFrame:
     """Validate ``root``, write the manifest and the fold file; returns the manifest."""
     manifest = discover(root, in_plane)
     folds = assign_folds(manifest, k, seed)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
@@ -81,8 +81,9 @@ def discover(root: str | os.PathLike, check_pixels: bool = True) -> pd.DataFrame
         df = pd.DataFrame(rows, columns=["id", "path", "folder", "label", "patient", "n", "width", "height", "mode"])
         for _, same in df[df["id"].duplicated(keep=False)].groupby("id", sort=False):
             others = ", ".join(same["path"].iloc[1:])
-            problems.add(root / same["path"].iloc[0],
-                         f"the same image name occurs in more than one folder (also {others})")
+            problems.add(
+                root / same["path"].iloc[0], f"the same image name occurs in more than one folder (also {others})"
+            )
     return df
 
 
@@ -113,7 +114,9 @@ def assign(df: pd.DataFrame, val_source: str, val_fraction: float, seed: int) ->
         raise ValueError(f"val_source must be 'folder' or 'train', not {val_source!r}")
     train = df[df["folder"] == "train"]
     strata = train.groupby("patient")["label"].agg(lambda s: s.value_counts().sort_index().idxmax())
-    carved = assign_splits(list(strata.index), {"train": 1 - val_fraction, "val": val_fraction}, seed, list(strata.values))
+    carved = assign_splits(
+        list(strata.index), {"train": 1 - val_fraction, "val": val_fraction}, seed, list(strata.values)
+    )
     split = df["folder"].copy()
     split[df["folder"] == "val"] = "unused"
     is_train = df["folder"] == "train"
@@ -121,7 +124,16 @@ def assign(df: pd.DataFrame, val_source: str, val_fraction: float, seed: int) ->
     return split
 
 
-def ingest(root: str | os.PathLike, manifest_path, split_path, *, val_source: str, val_fraction: float, seed: int, check_pixels: bool = True) -> pd.DataFrame:
+def ingest(
+    root: str | os.PathLike,
+    manifest_path,
+    split_path,
+    *,
+    val_source: str,
+    val_fraction: float,
+    seed: int,
+    check_pixels: bool = True,
+) -> pd.DataFrame:
     """Write ``manifest.csv`` (every image and its properties) and ``split.csv``
     (id, split, label, patient, path: what training and evaluation read). Returns the split table."""
     df = discover(root, check_pixels=check_pixels)
@@ -138,7 +150,13 @@ def ingest(root: str | os.PathLike, manifest_path, split_path, *, val_source: st
 def _log_summary(df: pd.DataFrame) -> None:
     counts = df.groupby(["split", "label"]).size().unstack(fill_value=0)
     log.info("images per split and class:\n%s", counts.to_string())
-    log.info("image sizes (w x h): %s..%s x %s..%s", df["width"].min(), df["width"].max(), df["height"].min(), df["height"].max())
+    log.info(
+        "image sizes (w x h): %s..%s x %s..%s",
+        df["width"].min(),
+        df["width"].max(),
+        df["height"].min(),
+        df["height"].max(),
+    )
     used = df[df["split"] != "unused"]
     per_patient = used.groupby("patient")["split"].nunique()
     shared = int((per_patient > 1).sum())

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -109,7 +109,9 @@ def check_header(path: Path) -> None:
     except InvalidDicomError:
         raise InputError(path, "not a DICOM file (no DICM preamble)") from None
     except Exception as e:  # truncated or garbled files raise many kinds of errors in pydicom
-        raise InputError(path, f"unreadable DICOM header ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise InputError(
+            path, f"unreadable DICOM header ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     missing = [t for t in REQUIRED_TAGS if t not in ds]
     if missing:
         raise InputError(path, f"DICOM header lacks {', '.join(missing)}")
@@ -156,8 +158,13 @@ def discover(raw_dir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def ingest(raw_dir: str | os.PathLike, manifest_out: str | os.PathLike, split_out: str | os.PathLike,
-           fractions: Mapping[str, float], seed: int) -> pd.DataFrame:
+def ingest(
+    raw_dir: str | os.PathLike,
+    manifest_out: str | os.PathLike,
+    split_out: str | os.PathLike,
+    fractions: Mapping[str, float],
+    seed: int,
+) -> pd.DataFrame:
     """Write the manifest CSV and the patient-level split (``patientId,split,target``, stratified
     by Target); return the manifest."""
     df = discover(raw_dir)
@@ -166,8 +173,14 @@ def ingest(raw_dir: str | os.PathLike, manifest_out: str | os.PathLike, split_ou
     ids = df["patientId"].tolist()
     assignment = splits.assign_splits(ids, fractions, seed, strata=df["target"].astype(str).tolist())
     target = dict(zip(ids, df["target"]))
-    split = splits.write_split(split_out, assignment, extra={"target": [target[i] for i in assignment]}, id_col="patientId")
+    split = splits.write_split(
+        split_out, assignment, extra={"target": [target[i] for i in assignment]}, id_col="patientId"
+    )
     counts = split.groupby(["split", "target"]).size().unstack(fill_value=0)
-    log.info("%d patients (%d with opacity); split (rows: split, columns: Target):\n%s",
-             len(df), int(df["target"].sum()), counts.to_string())
+    log.info(
+        "%d patients (%d with opacity); split (rows: split, columns: Target):\n%s",
+        len(df),
+        int(df["target"].sum()),
+        counts.to_string(),
+    )
     return df

@@ -6,7 +6,7 @@ A split is by patient (or exam), never by slice or patch, so no patient is on bo
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,7 +58,12 @@ def _counts(n: int, frac: np.ndarray) -> list[int]:
     return counts.tolist()
 
 
-def write_split(path: str | os.PathLike, assignment: Mapping[str, str], extra: Mapping[str, Sequence] | None = None, id_col: str = "id") -> pd.DataFrame:
+def write_split(
+    path: str | os.PathLike,
+    assignment: Mapping[str, str],
+    extra: Mapping[str, Sequence] | None = None,
+    id_col: str = "id",
+) -> pd.DataFrame:
     """Write ``id,split[,extra columns]`` as CSV (atomically) and return it."""
     df = pd.DataFrame({id_col: list(assignment), "split": list(assignment.values())})
     for col, values in (extra or {}).items():

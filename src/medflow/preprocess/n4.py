@@ -12,11 +12,17 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medflow.errors import InputError
-from medflow.ingest.brats import MODALITIES
+
+# Re-exported (the `as` keeps it when unused here): workflow/scripts/brats_n4.py imports it from this module.
+from medflow.ingest.brats import MODALITIES as MODALITIES
+
+if TYPE_CHECKING:  # for annotations only: SimpleITK is imported where it is used
+    import SimpleITK as sitk
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ class N4Params:
     control_points: int = 4
 
 
-def _sitk_image(data_xyz: np.ndarray, spacing_xyz) -> "sitk.Image":
+def _sitk_image(data_xyz: np.ndarray, spacing_xyz) -> sitk.Image:
     import SimpleITK as sitk
 
     # SimpleITK's array view is (Z, Y, X) for an image indexed (x, y, z).
@@ -43,7 +49,7 @@ def _sitk_image(data_xyz: np.ndarray, spacing_xyz) -> "sitk.Image":
     return img
 
 
-def otsu_mask(image: "sitk.Image", bins: int = 200) -> "sitk.Image":
+def otsu_mask(image: sitk.Image, bins: int = 200) -> sitk.Image:
     """1 above Otsu's threshold, 0 below (the tutorial's ``OtsuThreshold(image, 0, 1, 200)``)."""
     import SimpleITK as sitk
 
@@ -77,7 +83,9 @@ def estimate_log_field(data_xyz: np.ndarray, spacing_xyz, params: N4Params, thre
     return sitk.GetArrayFromImage(log_field).transpose(2, 1, 0).astype(np.float32)
 
 
-def correct_array(data_xyz: np.ndarray, spacing_xyz, params: N4Params, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def correct_array(
+    data_xyz: np.ndarray, spacing_xyz, params: N4Params, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """(corrected float32 (X, Y, Z), log field float32 (X, Y, Z)) of one modality."""
     data = np.asarray(data_xyz, dtype=np.float32)
     log_field = estimate_log_field(data, spacing_xyz, params, threads)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -55,7 +55,9 @@ def standardize(image: np.ndarray) -> np.ndarray:
     out = np.empty(image.shape, np.float32)
     for idx in np.ndindex(*image.shape[:-3]):  # one channel at a time keeps temporaries small
         x = out[idx]
-        np.subtract(image[idx], image[idx].mean(axis=(-2, -1), keepdims=True, dtype=np.float32), out=x, dtype=np.float32)
+        np.subtract(
+            image[idx], image[idx].mean(axis=(-2, -1), keepdims=True, dtype=np.float32), out=x, dtype=np.float32
+        )
         sd = np.sqrt(np.square(x).mean(axis=(-2, -1), keepdims=True))
         x /= np.where(sd != 0, sd, np.float32(1))
     return out
@@ -145,8 +147,13 @@ def origin_table(label: np.ndarray, patch_size: Sequence[int], background_thresh
     label = np.asarray(label)
     patch = [int(p) for p in patch_size]
     n_origins = [s - p + 1 for s, p in zip(label.shape, patch)]
-    empty = OriginTable([np.zeros(0, np.int64)] * 3, [np.ones(0, np.int64)] * 3, np.zeros((0, 3), np.int64),
-                        np.zeros(0, np.int64), max(0, int(np.prod(n_origins))) if min(n_origins) > 0 else 0)
+    empty = OriginTable(
+        [np.zeros(0, np.int64)] * 3,
+        [np.ones(0, np.int64)] * 3,
+        np.zeros((0, 3), np.int64),
+        np.zeros(0, np.int64),
+        max(0, int(np.prod(n_origins))) if min(n_origins) > 0 else 0,
+    )
     volume = int(np.prod(patch))
     need = volume - max_background_voxels(volume, background_threshold)  # foreground voxels required
     box = _foreground_box(label) if min(n_origins) > 0 else None
@@ -177,20 +184,25 @@ def origin_table(label: np.ndarray, patch_size: Sequence[int], background_thresh
     return OriginTable(starts, sizes, cells, weights.astype(np.int64), empty.n_candidates)
 
 
-def accepted_origins(label: np.ndarray, patch_size: Sequence[int], background_threshold: float) -> tuple[np.ndarray, int]:
+def accepted_origins(
+    label: np.ndarray, patch_size: Sequence[int], background_threshold: float
+) -> tuple[np.ndarray, int]:
     """Every acceptable origin (M, 3) (z, y, x), sorted, and the number of candidate origins."""
     table = origin_table(label, patch_size, background_threshold)
     return table.all_origins(), table.n_candidates
 
 
-def sample_origins(label: np.ndarray, patch_size: Sequence[int], n: int, background_threshold: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def sample_origins(
+    label: np.ndarray, patch_size: Sequence[int], n: int, background_threshold: float, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """Up to ``n`` distinct acceptable origins (k, 3) (z, y, x), drawn uniformly, and how many were acceptable."""
     table = origin_table(label, patch_size, background_threshold)
     return table.draw(n, rng), table.n_accepted
 
 
-def extract(image, label: np.ndarray, origin: Sequence[int], patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def extract(
+    image, label: np.ndarray, origin: Sequence[int], patch_size: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(image (4, pz, py, px) as stored, one-hot label (3, pz, py, px)) at ``origin``. ``image`` may be
     an h5py dataset: only the chunks under the patch are read."""
     box = tuple(slice(int(o), int(o) + int(p)) for o, p in zip(origin, patch_size))
@@ -223,33 +235,48 @@ def sample_case(stack_path: str | os.PathLike, out_path: str | os.PathLike, para
         image = src["image"]
         if image.shape[1:] != label.shape:
             raise InputError(stack_path, f"image {image.shape} and label {label.shape} do not match")
-        origins, n_accepted = sample_origins(label, patch, params.n_patches, params.background_threshold, case_rng(seed, case))
+        origins, n_accepted = sample_origins(
+            label, patch, params.n_patches, params.background_threshold, case_rng(seed, case)
+        )
         k = len(origins)
         if k == 0:
-            why = (f"patch {patch} (Z, Y, X) is larger than the volume {list(label.shape)}"
-                   if any(p > s for p, s in zip(patch, label.shape))
-                   else f"no patch has a background fraction below {params.background_threshold}")
+            why = (
+                f"patch {patch} (Z, Y, X) is larger than the volume {list(label.shape)}"
+                if any(p > s for p, s in zip(patch, label.shape))
+                else f"no patch has a background fraction below {params.background_threshold}"
+            )
             log.warning("%s: no patch could be sampled: %s; writing 0 patches", case, why)
         elif k < params.n_patches:
             log.warning("%s: only %d of %d requested patches are possible", case, k, params.n_patches)
         with io.atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
             kw = _h5_kwargs(params.compression, k, patch)
             img_ds = f.create_dataset("image", shape=(k, 4, *patch), dtype=np.float32, **kw(4))
-            lab_ds = f.create_dataset("label", shape=(k, len(STORED_LABELS), *patch), dtype=np.uint8, **kw(len(STORED_LABELS)))
+            lab_ds = f.create_dataset(
+                "label", shape=(k, len(STORED_LABELS), *patch), dtype=np.uint8, **kw(len(STORED_LABELS))
+            )
             for i, origin in enumerate(origins):  # one patch in memory at a time
                 x, y = extract(image, label, origin, patch)
                 img_ds[i] = standardize(x)
                 lab_ds[i] = y
             f.create_dataset("origins", data=origins.astype(np.int64).reshape(k, 3))
-            f.attrs.update({"case_id": case, "patch_size_zyx": np.array(patch, np.int64), "n_patches": k,
-                            "n_requested": int(params.n_patches), "n_accepted_origins": int(n_accepted),
-                            "background_threshold": float(params.background_threshold), "seed": int(seed)})
+            f.attrs.update(
+                {
+                    "case_id": case,
+                    "patch_size_zyx": np.array(patch, np.int64),
+                    "n_patches": k,
+                    "n_requested": int(params.n_patches),
+                    "n_accepted_origins": int(n_accepted),
+                    "background_threshold": float(params.background_threshold),
+                    "seed": int(seed),
+                }
+            )
     log.info("%s: %d patches of %s (Z, Y, X) from %d acceptable origins", case, k, patch, n_accepted)
     return k
 
 
 def _h5_kwargs(compression: str, n: int, patch: Sequence[int]):
     """Dataset options: one patch per chunk (a patch is read whole); empty datasets stay contiguous."""
+
     def kw(channels: int) -> dict:
         if n == 0:
             return {}
@@ -261,4 +288,5 @@ def _h5_kwargs(compression: str, n: int, patch: Sequence[int]):
         elif compression != "none":
             raise ValueError(f"unknown compression {compression!r}: gzip, lzf or none")
         return out
+
     return kw

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -69,9 +69,16 @@ def to_stored_label(seg: np.ndarray, path: str | os.PathLike = "segmentation") -
     return out
 
 
-def stack_case(case: str, modality_paths: Mapping[str, str | os.PathLike], seg_path: str | os.PathLike,
-               kept_z_range: Sequence[int], out_path: str | os.PathLike, params: StackParams,
-               affine: np.ndarray | None = None, source_files: Sequence[str] | None = None) -> None:
+def stack_case(
+    case: str,
+    modality_paths: Mapping[str, str | os.PathLike],
+    seg_path: str | os.PathLike,
+    kept_z_range: Sequence[int],
+    out_path: str | os.PathLike,
+    params: StackParams,
+    affine: np.ndarray | None = None,
+    source_files: Sequence[str] | None = None,
+) -> None:
     """Write the stacked case (see module docstring) atomically.
 
     ``modality_paths``: {modality: corrected NIfTI}; ``seg_path``: the raw segmentation;
@@ -92,10 +99,16 @@ def stack_case(case: str, modality_paths: Mapping[str, str | os.PathLike], seg_p
                 ref = img
                 shape_zyx = to_zyx(data).shape
                 if not (0 <= start < stop <= shape_zyx[0]):
-                    raise InputError(modality_paths[mod], f"kept slice range [{start}, {stop}) outside its {shape_zyx[0]} slices")
+                    raise InputError(
+                        modality_paths[mod], f"kept slice range [{start}, {stop}) outside its {shape_zyx[0]} slices"
+                    )
                 out_zyx = (stop - start, *shape_zyx[1:])
-                ds = f.create_dataset("image", shape=(len(MODALITIES), *out_zyx), dtype=np.float32,
-                                      **_with_channel(params.h5_kwargs(out_zyx)))
+                ds = f.create_dataset(
+                    "image",
+                    shape=(len(MODALITIES), *out_zyx),
+                    dtype=np.float32,
+                    **_with_channel(params.h5_kwargs(out_zyx)),
+                )
             elif to_zyx(data).shape != shape_zyx:
                 raise InputError(modality_paths[mod], f"shape {list(data.shape)} differs from flair's")
             ds[c] = to_zyx(data)[start:stop]
@@ -115,7 +128,11 @@ def stack_case(case: str, modality_paths: Mapping[str, str | os.PathLike], seg_p
         f.attrs["affine"] = np.asarray(ref.affine if affine is None else affine, dtype=float)
         f.attrs["original_shape_zyx"] = np.array(shape_zyx, dtype=np.int64)
         f.attrs["kept_z_range"] = np.array([start, stop], dtype=np.int64)
-        names = source_files if source_files is not None else [os.path.basename(str(p)) for p in (*(modality_paths[m] for m in MODALITIES), seg_path)]
+        names = (
+            source_files
+            if source_files is not None
+            else [os.path.basename(str(p)) for p in (*(modality_paths[m] for m in MODALITIES), seg_path)]
+        )
         f.attrs["source_files"] = json.dumps(list(names))
     log.info("%s: image (4, %d, %d, %d), slices [%d, %d) of %d", case, *out_zyx, start, stop, shape_zyx[0])
 
@@ -186,7 +203,16 @@ def read_stack(path: str | os.PathLike, with_label: bool = True) -> Stack:
         original = tuple(int(s) for s in np.ravel(_attr(f, path, "original_shape_zyx")))
         kept = tuple(int(s) for s in np.ravel(_attr(f, path, "kept_z_range")))
     if len(spacing) != 3 or affine.shape != (4, 4) or len(original) != 3 or len(kept) != 2:
-        raise InputError(path, "attributes spacing_zyx (3), affine (4x4), original_shape_zyx (3) or kept_z_range (2) are malformed")
-    if kept[1] - kept[0] != image.shape[1] or not (0 <= kept[0] < kept[1] <= original[0]) or original[1:] != image.shape[2:]:
-        raise InputError(path, f"kept_z_range {list(kept)} and original_shape_zyx {list(original)} do not fit the image {image.shape[1:]}")
+        raise InputError(
+            path, "attributes spacing_zyx (3), affine (4x4), original_shape_zyx (3) or kept_z_range (2) are malformed"
+        )
+    if (
+        kept[1] - kept[0] != image.shape[1]
+        or not (0 <= kept[0] < kept[1] <= original[0])
+        or original[1:] != image.shape[2:]
+    ):
+        raise InputError(
+            path,
+            f"kept_z_range {list(kept)} and original_shape_zyx {list(original)} do not fit the image {image.shape[1:]}",
+        )
     return Stack(case_id, image, label, spacing, affine, original, kept)

@@ -8,7 +8,7 @@ never dropped). An optional margin of extra slices is kept at both ends, within 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,7 +30,9 @@ def kept_range(has_signal: np.ndarray, margin: int = 0) -> tuple[int, int] | Non
     return max(0, int(idx[0]) - int(margin)), min(n, int(idx[-1]) + 1 + int(margin))
 
 
-def trim_range(paths: Sequence[str | os.PathLike], margin: int = 0, label_path: str | os.PathLike | None = None) -> dict:
+def trim_range(
+    paths: Sequence[str | os.PathLike], margin: int = 0, label_path: str | os.PathLike | None = None
+) -> dict:
     """Kept slice range of one case from its modality files (and segmentation), read one at a time.
 
     Returns ``{"kept_z_range": [start, stop), "n_slices": Z, "margin": margin}`` with Z the original

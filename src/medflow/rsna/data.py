@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,8 +38,11 @@ class H5Patients(torch.utils.data.Dataset):
             self._h5 = h5py.File(self.path, "r")
         j = int(self.indices[i])
         h5 = self._h5
-        return (torch.from_numpy(h5["image"][j]), torch.from_numpy(h5["meta"][j]),
-                torch.tensor(float(h5["target"][j]), dtype=torch.float32))
+        return (
+            torch.from_numpy(h5["image"][j]),
+            torch.from_numpy(h5["meta"][j]),
+            torch.tensor(float(h5["target"][j]), dtype=torch.float32),
+        )
 
     def __getstate__(self):
         return {**self.__dict__, "_h5": None}
@@ -61,8 +64,12 @@ def read_info(h5_path: str | os.PathLike) -> H5Info:
 
     with h5py.File(h5_path, "r") as h5:
         ids = [s.decode() if isinstance(s, bytes) else str(s) for s in h5["patient_id"][:]]
-        return H5Info(meta_features=list(json.loads(h5.attrs["meta_features"])), size=int(h5.attrs["size"]),
-                      patient_ids=ids, targets=np.asarray(h5["target"][:]).astype(int))
+        return H5Info(
+            meta_features=list(json.loads(h5.attrs["meta_features"])),
+            size=int(h5.attrs["size"]),
+            patient_ids=ids,
+            targets=np.asarray(h5["target"][:]).astype(int),
+        )
 
 
 def split_indices(h5_path: str | os.PathLike, split_csv: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -80,8 +87,10 @@ def split_indices(h5_path: str | os.PathLike, split_csv: str | os.PathLike) -> d
     return {name: np.asarray(v, dtype=np.int64) for name, v in out.items()}
 
 
-def eval_loader(h5_path: str | os.PathLike, indices: Sequence[int], *, batch_size: int, device: torch.device,
-                threads: int) -> torch.utils.data.DataLoader:
+def eval_loader(
+    h5_path: str | os.PathLike, indices: Sequence[int], *, batch_size: int, device: torch.device, threads: int
+) -> torch.utils.data.DataLoader:
     """An ordered loader over rows ``indices`` (evaluation, prediction): batches of (image, meta, target)."""
-    return torch.utils.data.DataLoader(H5Patients(h5_path, indices), batch_size=int(batch_size), shuffle=False,
-                                       **mtrain.loader_kwargs(device, threads))
+    return torch.utils.data.DataLoader(
+        H5Patients(h5_path, indices), batch_size=int(batch_size), shuffle=False, **mtrain.loader_kwargs(device, threads)
+    )

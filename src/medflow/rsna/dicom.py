@@ -114,8 +114,10 @@ def decode_pixels(ds) -> np.ndarray:
     except NotImplementedError:
         raise UnsupportedPixels(f"unsupported transfer syntax {ts.name} ({ts})") from None
     if not decoder.is_available:
-        raise UnsupportedPixels(f"no decoder installed for transfer syntax {ts.name} ({ts}); "
-                                f"install one of: {'; '.join(decoder.missing_dependencies)}")
+        raise UnsupportedPixels(
+            f"no decoder installed for transfer syntax {ts.name} ({ts}); "
+            f"install one of: {'; '.join(decoder.missing_dependencies)}"
+        )
     photometric = text(ds, "PhotometricInterpretation")
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise UnsupportedPixels(f"photometric interpretation {photometric or 'missing'} is not greyscale")
@@ -124,7 +126,9 @@ def decode_pixels(ds) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for truncated or corrupt pixel data
-        raise UnsupportedPixels(f"pixel data could not be decoded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise UnsupportedPixels(
+            f"pixel data could not be decoded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     if arr.ndim != 2:
         raise UnsupportedPixels(f"expected a 2-D greyscale image, got shape {arr.shape}")
     img = arr.astype(np.float32)

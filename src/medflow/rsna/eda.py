@@ -47,7 +47,7 @@ def view_position(df: pd.DataFrame, path) -> None:
     x = np.arange(len(ct))
     for k, t in enumerate((0, 1)):
         ax.bar(x + (k - 0.5) * 0.4, ct[t], width=0.4, label=TARGET_NAMES[t])
-    for i, (v, row) in enumerate(ct.iterrows()):
+    for i, (_, row) in enumerate(ct.iterrows()):
         ax.text(i, row.max(), f"{row[1] / max(row.sum(), 1):.0%} pos.", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, ct.index)
     ax.set_ylabel("patients")
@@ -104,8 +104,10 @@ def age_by_sex(df: pd.DataFrame, path) -> None:
 def pixel_spacing(df: pd.DataFrame, path) -> None:
     """Counts of (row x column) pixel spacing values in mm (to 0.001 mm); "none" where missing."""
     plt = _plt()
-    lab = [f"{r:.3f} x {c:.3f}" if np.isfinite(r) else "none"
-           for r, c in zip(df["pixel_spacing_row"].astype(float), df["pixel_spacing_col"].astype(float))]
+    lab = [
+        f"{r:.3f} x {c:.3f}" if np.isfinite(r) else "none"
+        for r, c in zip(df["pixel_spacing_row"].astype(float), df["pixel_spacing_col"].astype(float))
+    ]
     c = pd.Series(lab).value_counts().sort_index()
     top = c.sort_values(ascending=False).head(25).sort_index()
     fig, ax = plt.subplots(figsize=(6, max(3, 0.22 * len(top) + 1)))
@@ -152,7 +154,9 @@ def samples(df: pd.DataFrame, manifest: pd.DataFrame, path, n: int = 4) -> None:
                 continue
             ds = pydicom.dcmread(m.at[ids[col], "dicom"])
             img = dcm.decode_pixels(ds)
-            img = invert_monochrome1(window(img, *percentile_window(img, 0.5, 99.5)), dcm.text(ds, "PhotometricInterpretation"))
+            img = invert_monochrome1(
+                window(img, *percentile_window(img, 0.5, 99.5)), dcm.text(ds, "PhotometricInterpretation")
+            )
             ax.imshow(img, cmap="gray")
             for x, y, w, h in json.loads(m.at[ids[col], "boxes"]):
                 ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, color="red", lw=1))
@@ -163,8 +167,14 @@ def samples(df: pd.DataFrame, manifest: pd.DataFrame, path, n: int = 4) -> None:
 def write_plots(table: pd.DataFrame, manifest: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """Every plot of ``PLOTS`` as ``<out_dir>/<name>.png``; returns the paths."""
     out_dir = Path(out_dir)
-    from_table = {"view_position": view_position, "class_target": class_target, "age_by_class": age_by_class,
-                  "age_by_sex": age_by_sex, "pixel_spacing": pixel_spacing, "mean_intensity": mean_intensity}
+    from_table = {
+        "view_position": view_position,
+        "class_target": class_target,
+        "age_by_class": age_by_class,
+        "age_by_sex": age_by_sex,
+        "pixel_spacing": pixel_spacing,
+        "mean_intensity": mean_intensity,
+    }
     for name, plot in from_table.items():
         plot(table, out_dir / f"{name}.png")
     samples(table, manifest, out_dir / "samples.png")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,8 +93,11 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
         if variant in ckpts:
             raise InputError(path, f"a second checkpoint of variant {variant}")
         if meta.get("meta_features") != info.meta_features or meta.get("size") != info.size:
-            raise InputError(path, f"trained on features {meta.get('meta_features')} at size {meta.get('size')}, but "
-                                   f"{h5_path} holds {info.meta_features} at size {info.size}")
+            raise InputError(
+                path,
+                f"trained on features {meta.get('meta_features')} at size {meta.get('size')}, but "
+                f"{h5_path} holds {info.meta_features} at size {info.size}",
+            )
         ckpts[variant] = ckpt
 
     preds = pd.DataFrame({"patientId": patients})
@@ -105,15 +109,23 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
         preds["target"] = y.astype(int)
         preds[f"prob_{variant}"] = p
         rep = binary_report(y, p, cfg.threshold)
-        rep.update(best_epoch=int(ckpt["epoch"]), val_auc=float(ckpt["score"]),
-                   training_run_id=ckpt.get("mlflow_run_id") or "")
+        rep.update(
+            best_epoch=int(ckpt["epoch"]), val_auc=float(ckpt["score"]), training_run_id=ckpt.get("mlflow_run_id") or ""
+        )
         # One image per patient; grouping by patient keeps n the number of patients regardless.
-        headline[f"auc_{variant}"] = auc_metric(y.astype(int), p, groups=patients, n_boot=boot.bootstrap_samples,
-                                                seed=job.seed, level=boot.confidence)
+        headline[f"auc_{variant}"] = auc_metric(
+            y.astype(int), p, groups=patients, n_boot=boot.bootstrap_samples, seed=job.seed, level=boot.confidence
+        )
         curves[LABELS[variant]] = (y, p)
         models[variant] = rep
-        log.info("%s on %d %s patients: AUC %.3f, balanced accuracy %.3f", variant, rep["n"], split, rep["auc"],
-                 rep["balanced_accuracy"])
+        log.info(
+            "%s on %d %s patients: AUC %.3f, balanced accuracy %.3f",
+            variant,
+            rep["n"],
+            split,
+            rep["auc"],
+            rep["balanced_accuracy"],
+        )
     plot_roc(curves, outputs["roc"], title=f"RSNA pneumonia, {split} patients")
     with io.atomic_path(outputs["predictions"]) as tmp:
         preds.to_csv(tmp, index=False)
@@ -129,12 +141,23 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
     if job.track:
         keys = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "n_positive")
         metrics["mlflow_run_id"] = tracking.log_evaluation(
-            EXPERIMENT, job.rule or "rsna_evaluate", headline=headline,
+            EXPERIMENT,
+            job.rule or "rsna_evaluate",
+            headline=headline,
             training_run_id=[rep["training_run_id"] for rep in models.values()],
             artifacts=[outputs["roc"], outputs["predictions"]],
-            params={"split": split, "variants": ",".join(models), "threshold": cfg.threshold, "n": len(idx),
-                    "bootstrap_samples": boot.bootstrap_samples, "confidence": boot.confidence, "seed": job.seed},
-            tags={"pipeline": "rsna", "device": describe(device)}, rule=job.rule,
-            extra_metrics={f"{v}_{k}": float(rep[k]) for v, rep in models.items() for k in keys})
+            params={
+                "split": split,
+                "variants": ",".join(models),
+                "threshold": cfg.threshold,
+                "n": len(idx),
+                "bootstrap_samples": boot.bootstrap_samples,
+                "confidence": boot.confidence,
+                "seed": job.seed,
+            },
+            tags={"pipeline": "rsna", "device": describe(device)},
+            rule=job.rule,
+            extra_metrics={f"{v}_{k}": float(rep[k]) for v, rep in models.items() for k in keys},
+        )
     io.write_json(outputs["metrics"], metrics)
     return metrics

@@ -29,16 +29,40 @@ from medflow.rsna import dicom as dcm
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "patientId", "age_years", "age_status", "sex", "view_position", "pixel_spacing_row", "pixel_spacing_col",
-    "spacing_status", "rows", "columns", "photometric_interpretation", "bits_stored", "transfer_syntax",
-    "intensity_min", "intensity_max", "intensity_mean", "window_center", "window_width", "usable", "exclusion",
+    "patientId",
+    "age_years",
+    "age_status",
+    "sex",
+    "view_position",
+    "pixel_spacing_row",
+    "pixel_spacing_col",
+    "spacing_status",
+    "rows",
+    "columns",
+    "photometric_interpretation",
+    "bits_stored",
+    "transfer_syntax",
+    "intensity_min",
+    "intensity_max",
+    "intensity_mean",
+    "window_center",
+    "window_width",
+    "usable",
+    "exclusion",
 ]
 # What each non-ok status leads to (the text goes to the log and the decisions file).
 DECISIONS = {
-    "age": {"missing": "age unknown (own age bin)", "invalid": "age unknown (own age bin)",
-            "implausible": "age unknown (own age bin)"},
-    "spacing": {"imager": "ImagerPixelSpacing used", "missing": "square pixels assumed",
-                "zero": "square pixels assumed", "invalid": "square pixels assumed"},
+    "age": {
+        "missing": "age unknown (own age bin)",
+        "invalid": "age unknown (own age bin)",
+        "implausible": "age unknown (own age bin)",
+    },
+    "spacing": {
+        "imager": "ImagerPixelSpacing used",
+        "missing": "square pixels assumed",
+        "zero": "square pixels assumed",
+        "invalid": "square pixels assumed",
+    },
     "sex": {"unknown": "sex unknown (no sex feature set)"},
     "view": {"unknown": "view unknown (no view feature set)"},
 }
@@ -51,7 +75,9 @@ def read_record(path: str | os.PathLike, patient_id: str, max_age_years: float =
     try:
         ds = pydicom.dcmread(path)
     except Exception as e:
-        raise InputError(path, f"unreadable DICOM ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise InputError(
+            path, f"unreadable DICOM ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     age, age_status = dcm.parse_age(ds.get("PatientAge"), max_age_years)
     spacing, spacing_status = dcm.pixel_spacing(ds)
     sex = dcm.text(ds, "PatientSex").upper()
@@ -72,7 +98,9 @@ def read_record(path: str | os.PathLike, patient_id: str, max_age_years: float =
         "photometric_interpretation": dcm.text(ds, "PhotometricInterpretation"),
         "bits_stored": int(ds.get("BitsStored", 0) or 0),
         "transfer_syntax": str(ts or ""),
-        "intensity_min": np.nan, "intensity_max": np.nan, "intensity_mean": np.nan,
+        "intensity_min": np.nan,
+        "intensity_max": np.nan,
+        "intensity_mean": np.nan,
         "window_center": window[0] if window else np.nan,
         "window_width": window[1] if window else np.nan,
         "usable": True,
@@ -83,7 +111,9 @@ def read_record(path: str | os.PathLike, patient_id: str, max_age_years: float =
     except dcm.UnsupportedPixels as e:
         rec.update(usable=False, exclusion=str(e))
         return rec
-    rec.update(intensity_min=float(img.min()), intensity_max=float(img.max()), intensity_mean=float(img.mean(dtype=np.float64)))
+    rec.update(
+        intensity_min=float(img.min()), intensity_max=float(img.max()), intensity_mean=float(img.mean(dtype=np.float64))
+    )
     return rec
 
 
@@ -107,8 +137,9 @@ def decisions_of(rec: dict[str, Any]) -> list[str]:
     return out
 
 
-def build_table(manifest: pd.DataFrame, *, max_age_years: float = 120.0, threads: int = 1,
-                max_excluded_fraction: float = 0.05) -> tuple[pd.DataFrame, dict[str, Any]]:
+def build_table(
+    manifest: pd.DataFrame, *, max_age_years: float = 120.0, threads: int = 1, max_excluded_fraction: float = 0.05
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read every header in ``manifest`` (``patientId, dicom, target, n_boxes, class``) and return
     (table, decisions summary). Files are read in a process pool when ``threads`` > 1, in order."""
     jobs = [(p, pid, max_age_years) for p, pid in zip(manifest["dicom"], manifest["patientId"])]
@@ -126,7 +157,9 @@ def build_table(manifest: pd.DataFrame, *, max_age_years: float = 120.0, threads
             log.info("%s: %s", rec["patientId"], d)
             counts["excluded: unsupported pixel data" if d.startswith("excluded") else d] += 1
     table = pd.DataFrame.from_records(records, columns=COLUMNS)
-    table = table.merge(manifest[["patientId", "target", "n_boxes", "class"]], on="patientId", how="left", validate="one_to_one")
+    table = table.merge(
+        manifest[["patientId", "target", "n_boxes", "class"]], on="patientId", how="left", validate="one_to_one"
+    )
     n = len(table)
     n_excluded = int((~table["usable"]).sum())
     summary = {
@@ -136,16 +169,26 @@ def build_table(manifest: pd.DataFrame, *, max_age_years: float = 120.0, threads
         "decisions": dict(sorted(counts.items())),
         "exclusions": dict(Counter(table.loc[~table["usable"], "exclusion"])),
     }
-    log.info("metadata of %d patients: %d usable, %d excluded; decisions: %s", n, n - n_excluded, n_excluded, summary["decisions"] or "none")
+    log.info(
+        "metadata of %d patients: %d usable, %d excluded; decisions: %s",
+        n,
+        n - n_excluded,
+        n_excluded,
+        summary["decisions"] or "none",
+    )
     if n and n_excluded / n > max_excluded_fraction:
         first = table.loc[~table["usable"]].iloc[0]
-        raise InputError(manifest.loc[manifest["patientId"] == first["patientId"], "dicom"].iloc[0],
-                         f"{n_excluded} of {n} images cannot be used (over max_excluded_fraction {max_excluded_fraction}); "
-                         f"first reason: {first['exclusion']}")
+        raise InputError(
+            manifest.loc[manifest["patientId"] == first["patientId"], "dicom"].iloc[0],
+            f"{n_excluded} of {n} images cannot be used (over max_excluded_fraction {max_excluded_fraction}); "
+            f"first reason: {first['exclusion']}",
+        )
     return table, summary
 
 
-def write_table(manifest_csv: str | os.PathLike, table_out: str | os.PathLike, decisions_out: str | os.PathLike, **kwargs) -> pd.DataFrame:
+def write_table(
+    manifest_csv: str | os.PathLike, table_out: str | os.PathLike, decisions_out: str | os.PathLike, **kwargs
+) -> pd.DataFrame:
     manifest = pd.read_csv(manifest_csv, dtype={"patientId": str})
     table, summary = build_table(manifest, **kwargs)
     with io.atomic_path(table_out) as tmp:
@@ -156,8 +199,20 @@ def write_table(manifest_csv: str | os.PathLike, table_out: str | os.PathLike, d
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """The metadata table with its types (patientId and the text columns as str, usable as bool)."""
-    text = {c: str for c in ("patientId", "age_status", "sex", "view_position", "spacing_status",
-                             "photometric_interpretation", "transfer_syntax", "exclusion", "class")}
+    text = {
+        c: str
+        for c in (
+            "patientId",
+            "age_status",
+            "sex",
+            "view_position",
+            "spacing_status",
+            "photometric_interpretation",
+            "transfer_syntax",
+            "exclusion",
+            "class",
+        )
+    }
     df = pd.read_csv(path, dtype=text, keep_default_na=False, na_values={c: [""] for c in COLUMNS if c not in text})
     df["usable"] = df["usable"].astype(str).str.lower().isin(["true", "1"])
     return df

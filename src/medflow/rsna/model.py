@@ -6,8 +6,9 @@ with the same image branch and head. ``load_model`` rebuilds a trained one from 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +45,12 @@ def _simple_cnn(channels: Sequence[int]) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     prev = 1
     for c in channels:
-        layers += [nn.Conv2d(prev, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                   nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(prev, c, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        ]
         prev = c
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers), prev
@@ -78,8 +83,9 @@ class TwoInputNet(nn.Module):
             self.image_branch, n_img = _simple_cnn(cfg.channels)
         else:
             self.image_branch, n_img = _resnet18(cfg.weights)
-        self.meta_branch = (nn.Sequential(nn.Linear(n_meta, cfg.meta_hidden), nn.ReLU(inplace=True)) if use_meta
-                            else None)
+        self.meta_branch = (
+            nn.Sequential(nn.Linear(n_meta, cfg.meta_hidden), nn.ReLU(inplace=True)) if use_meta else None
+        )
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(n_img + (cfg.meta_hidden if use_meta else 0), 1))
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,7 +116,8 @@ def load_model(checkpoint: Mapping[str, Any] | str | os.PathLike, device: torch.
     if missing:
         where = "checkpoint" if isinstance(checkpoint, Mapping) else checkpoint
         raise InputError(where, f"not an RSNA checkpoint: its meta lacks {', '.join(missing)}")
-    model = TwoInputNet(len(meta["meta_features"]), ModelConfig(**{**meta["model"], "weights": "none"}),
-                        use_meta=meta["use_meta"])
+    model = TwoInputNet(
+        len(meta["meta_features"]), ModelConfig(**{**meta["model"], "weights": "none"}), use_meta=meta["use_meta"]
+    )
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()

@@ -24,8 +24,9 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,12 +62,20 @@ class PreprocessConfig:
         self.age_bins = [float(b) for b in self.age_bins]
 
     @classmethod
-    def from_params(cls, p: Mapping[str, Any]) -> "PreprocessConfig":
+    def from_params(cls, p: Mapping[str, Any]) -> PreprocessConfig:
         """From the rule's params (config ``rsna.preprocess``)."""
         w, c = p["window"], p["clahe"]
-        return cls(size=p["size"], window_mode=w["mode"], level=w.get("level", 0.0), width=w.get("width", 0.0),
-                   percentiles=w.get("percentiles", (0.5, 99.5)), clahe=c["enabled"], clip_limit=c["clip_limit"],
-                   tiles=c["tiles"], age_bins=p["age_bins"])
+        return cls(
+            size=p["size"],
+            window_mode=w["mode"],
+            level=w.get("level", 0.0),
+            width=w.get("width", 0.0),
+            percentiles=w.get("percentiles", (0.5, 99.5)),
+            clahe=c["enabled"],
+            clip_limit=c["clip_limit"],
+            tiles=c["tiles"],
+            age_bins=p["age_bins"],
+        )
 
 
 def window(img: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -85,7 +94,9 @@ def percentile_window(img: np.ndarray, lo: float, hi: float) -> tuple[float, flo
     return float((a + b) / 2), float(b - a)
 
 
-def choose_window(img: np.ndarray, header: tuple[float, float] | None, cfg: PreprocessConfig) -> tuple[float, float, str]:
+def choose_window(
+    img: np.ndarray, header: tuple[float, float] | None, cfg: PreprocessConfig
+) -> tuple[float, float, str]:
     """(center, width, source) per ``cfg.window_mode``; source is what was used."""
     if cfg.window_mode == "fixed":
         return cfg.level, cfg.width, "fixed"
@@ -117,7 +128,10 @@ def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
     if img.shape == tuple(shape):
         return img.astype(np.float32)
-    return np.asarray(Image.fromarray(img.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(
+        Image.fromarray(img.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR),
+        dtype=np.float32,
+    )
 
 
 def resample_isotropic(img: np.ndarray, spacing: tuple[float, float] | None) -> tuple[np.ndarray, float | None]:
@@ -143,8 +157,13 @@ def pad_resize(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     return _resize(img, (size, size)), size / n
 
 
-def preprocess_pixels(img: np.ndarray, photometric: str, spacing: tuple[float, float] | None,
-                      header: tuple[float, float] | None, cfg: PreprocessConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def preprocess_pixels(
+    img: np.ndarray,
+    photometric: str,
+    spacing: tuple[float, float] | None,
+    header: tuple[float, float] | None,
+    cfg: PreprocessConfig,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """One decoded image (rows, cols) in stored units -> uint8 (size, size) and what was done."""
     c, w, source = choose_window(img, header, cfg)
     x = invert_monochrome1(window(img, c, w), photometric)
@@ -186,11 +205,13 @@ def metadata_features(table: pd.DataFrame, age_bins: Sequence[float]) -> tuple[n
     x[np.flatnonzero(known), np.searchsorted(edges, age[known], side="right")] = 1
     x[np.flatnonzero(~known), n_age - 1] = 1
     for j, (col, val) in enumerate([("sex", "M"), ("sex", "F"), ("view_position", "AP"), ("view_position", "PA")]):
-        x[:, n_age + j] = (table[col].astype(str).to_numpy() == val)
+        x[:, n_age + j] = table[col].astype(str).to_numpy() == val
     return x, names
 
 
-def write_hdf5(table: pd.DataFrame, manifest: pd.DataFrame, out: str | os.PathLike, cfg: PreprocessConfig, threads: int = 1) -> dict[str, Any]:
+def write_hdf5(
+    table: pd.DataFrame, manifest: pd.DataFrame, out: str | os.PathLike, cfg: PreprocessConfig, threads: int = 1
+) -> dict[str, Any]:
     """Preprocess every usable patient of the metadata ``table`` (file paths from ``manifest``) into
     ``out`` (layout in the module doc); returns a summary. Written to a temporary file renamed into
     place at the end."""
@@ -208,10 +229,14 @@ def write_hdf5(table: pd.DataFrame, manifest: pd.DataFrame, out: str | os.PathLi
         raise InputError(out, "no usable image to preprocess (see the metadata stage's decisions)")
     counts: Counter = Counter()
     with io.atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        image = h5.create_dataset("image", (0, size, size), np.uint8, maxshape=(None, size, size), chunks=(1, size, size))
+        image = h5.create_dataset(
+            "image", (0, size, size), np.uint8, maxshape=(None, size, size), chunks=(1, size, size)
+        )
         ids = h5.create_dataset("patient_id", (0,), h5py.string_dtype(), maxshape=(None,), chunks=(1024,))
         target = h5.create_dataset("target", (0,), np.uint8, maxshape=(None,), chunks=(1024,))
-        meta = h5.create_dataset("meta", (0, len(names)), np.float32, maxshape=(None, len(names)), chunks=(1024, len(names)))
+        meta = h5.create_dataset(
+            "meta", (0, len(names)), np.float32, maxshape=(None, len(names)), chunks=(1024, len(names))
+        )
         spacing = h5.create_dataset("spacing_mm", (0,), np.float32, maxshape=(None,), chunks=(1024,))
         k = 0
         for i, (img, info) in enumerate(_imap(_one, jobs, threads)):
@@ -231,11 +256,19 @@ def write_hdf5(table: pd.DataFrame, manifest: pd.DataFrame, out: str | os.PathLi
             k += 1
             if (i + 1) % 1000 == 0:
                 log.info("preprocessed %d/%d images", i + 1, n)
-        h5.attrs.update({
-            "size": size, "window_mode": cfg.window_mode, "clahe": bool(cfg.clahe), "clip_limit": cfg.clip_limit,
-            "tiles": list(cfg.tiles), "age_bins": list(cfg.age_bins), "meta_features": json.dumps(names),
-            "decisions": json.dumps(dict(counts)), "config": json.dumps(asdict(cfg), default=list),
-        })
+        h5.attrs.update(
+            {
+                "size": size,
+                "window_mode": cfg.window_mode,
+                "clahe": bool(cfg.clahe),
+                "clip_limit": cfg.clip_limit,
+                "tiles": list(cfg.tiles),
+                "age_bins": list(cfg.age_bins),
+                "meta_features": json.dumps(names),
+                "decisions": json.dumps(dict(counts)),
+                "config": json.dumps(asdict(cfg), default=list),
+            }
+        )
     summary = {"n_images": k, "n_excluded_metadata": int((~table["usable"]).sum()), "decisions": dict(counts)}
     log.info("wrote %d images of %dx%d to %s; %s", k, size, size, out, dict(counts))
     return summary

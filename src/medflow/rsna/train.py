@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,13 @@ class TrainConfig:
     augment: Augment = Augment()
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(backbone=self.backbone, weights=self.weights, channels=list(self.channels),
-                           meta_hidden=self.meta_hidden, dropout=self.dropout)
+        return ModelConfig(
+            backbone=self.backbone,
+            weights=self.weights,
+            channels=list(self.channels),
+            meta_hidden=self.meta_hidden,
+            dropout=self.dropout,
+        )
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,9 @@ def augment(image: torch.Tensor, translate: float, rotate_deg: float, scale: flo
     shift = (torch.rand(b, 2) * 2 - 1) * 2 * translate  # grid units: the image spans [-1, 1]
     flip = torch.where(torch.rand(b) < 0.5, -1.0, 1.0) if hflip else torch.ones(b)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
     grid = F.affine_grid(theta.to(dev, image.dtype), list(image.shape), align_corners=False)
     # Padding with the normalised black level: outside the film is background, not average grey.
     black = -GREY_MEAN / GREY_STD
@@ -101,8 +108,9 @@ def val_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"loss": loss, "auc": binary_report(y, p)["auc"]}
 
 
-def train(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: TrainParams, job: mtrain.Job
-          ) -> mtrain.FitResult:
+def train(
+    inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: TrainParams, job: mtrain.Job
+) -> mtrain.FitResult:
     """Train ``params.variant`` on the train split, select on val AUC, write the best checkpoint.
 
     ``inputs``: ``h5`` (the preprocessing HDF5), ``split`` (the ingest split CSV); ``outputs``:
@@ -124,12 +132,25 @@ def train(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: TrainPa
     mcfg = cfg.model_config()
     model = TwoInputNet(len(features), mcfg, use_meta=use_meta)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s: %d train (%d positive), %d val patients; %d features; %d parameters; device %s",
-             variant, len(idx["train"]), n_pos, len(idx["val"]), len(features), n_params, device)
+    log.info(
+        "%s: %d train (%d positive), %d val patients; %d features; %d parameters; device %s",
+        variant,
+        len(idx["train"]),
+        n_pos,
+        len(idx["val"]),
+        len(features),
+        n_params,
+        device,
+    )
     # drop_lone=False: the simple CNN's BatchNorm2d normalises over pixels too, so a batch of one trains.
     train_loader, val_loader = mtrain.make_loaders(
-        H5Patients(h5_path, idx["train"]), H5Patients(h5_path, idx["val"]), batch_size=cfg.batch_size,
-        device=device, threads=job.threads, drop_lone=False)
+        H5Patients(h5_path, idx["train"]),
+        H5Patients(h5_path, idx["val"]),
+        batch_size=cfg.batch_size,
+        device=device,
+        threads=job.threads,
+        drop_lone=False,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay))
     aug = cfg.augment
 
@@ -145,14 +166,33 @@ def train(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: TrainPa
     config_dict = dataclasses.asdict(cfg)
     meta = {"variant": variant, "use_meta": use_meta, "model": mcfg.to_dict(), "meta_features": features, "size": size}
     tracking = mtrain.tracking(
-        job, EXPERIMENT, f"{job.rule or 'rsna_train'}/{variant}",
-        {"variant": variant, "seed": job.seed, "n_train": len(idx["train"]), "n_val": len(idx["val"]),
-         "image_size": size, "meta_features": ",".join(features) if use_meta else "", "n_parameters": n_params,
-         **config_dict},
-        tags={"pipeline": "rsna", "variant": variant})
-    return mtrain.fit(model, opt, train_loader, val_loader, train_step=train_step, evaluate=validate,
-                      cfg=mtrain.fit_config(cfg, monitor="val_auc", mode="max", job=job), device=device,
-                      checkpoint_path=outputs["checkpoint"], checkpoint_meta=meta, tracking=tracking,
-                      fingerprint={"params": config_dict, "variant": variant, "seed": job.seed,
-                                   "n_train": len(idx["train"])},
-                      curves_path=outputs.get("curves"))
+        job,
+        EXPERIMENT,
+        f"{job.rule or 'rsna_train'}/{variant}",
+        {
+            "variant": variant,
+            "seed": job.seed,
+            "n_train": len(idx["train"]),
+            "n_val": len(idx["val"]),
+            "image_size": size,
+            "meta_features": ",".join(features) if use_meta else "",
+            "n_parameters": n_params,
+            **config_dict,
+        },
+        tags={"pipeline": "rsna", "variant": variant},
+    )
+    return mtrain.fit(
+        model,
+        opt,
+        train_loader,
+        val_loader,
+        train_step=train_step,
+        evaluate=validate,
+        cfg=mtrain.fit_config(cfg, monitor="val_auc", mode="max", job=job),
+        device=device,
+        checkpoint_path=outputs["checkpoint"],
+        checkpoint_meta=meta,
+        tracking=tracking,
+        fingerprint={"params": config_dict, "variant": variant, "seed": job.seed, "n_train": len(idx["train"])},
+        curves_path=outputs.get("curves"),
+    )

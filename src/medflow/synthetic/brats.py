@@ -38,10 +38,22 @@ CONTRAST = {
     "t2": {"csf": 1.50, "gm": 0.85, "wm": 0.55, "ncr": 1.35, "net": 1.20, "ed": 1.20, "et": 0.90},
 }
 SCALE = {"flair": 450, "t1": 600, "t1ce": 700, "t2": 900}  # int16 units of white matter-ish tissue
-MAPPING_COLUMNS = ("Grade", "BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
-                   "BraTS_2019_subject_ID", "BraTS_2020_subject_ID")
-DEFAULTS = {"n_cases": 24, "hgg_fraction": 0.5, "shape_xyz": [64, 64, 48], "blank_slices": [2, 5],
-            "bias_strength": 0.3, "noise": 0.03}
+MAPPING_COLUMNS = (
+    "Grade",
+    "BraTS_2017_subject_ID",
+    "BraTS_2018_subject_ID",
+    "TCGA_TCIA_subject_ID",
+    "BraTS_2019_subject_ID",
+    "BraTS_2020_subject_ID",
+)
+DEFAULTS = {
+    "n_cases": 24,
+    "hgg_fraction": 0.5,
+    "shape_xyz": [64, 64, 48],
+    "blank_slices": [2, 5],
+    "bias_strength": 0.3,
+    "noise": 0.03,
+}
 
 
 def _cfg(cfg: dict) -> dict:
@@ -93,8 +105,16 @@ def _bias(rng: np.random.Generator, grids, strength: float, brain: np.ndarray) -
     return np.exp(log_field).astype(np.float32)
 
 
-def make_case(rng: np.random.Generator, grade: str, shape_xyz, blank_slices=(2, 5), bias_strength=0.3,
-              noise=0.03, bias_out: dict | None = None, tumour_scale: float = 1.0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def make_case(
+    rng: np.random.Generator,
+    grade: str,
+    shape_xyz,
+    blank_slices=(2, 5),
+    bias_strength=0.3,
+    noise=0.03,
+    bias_out: dict | None = None,
+    tumour_scale: float = 1.0,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One case: ({modality: int16 (X, Y, Z)}, seg uint8 (X, Y, Z) in BraTS labels 0/1/2/4).
 
     ``bias_out``, if given, receives each modality's true multiplicative bias field (X, Y, Z).
@@ -133,7 +153,9 @@ def make_case(rng: np.random.Generator, grade: str, shape_xyz, blank_slices=(2, 
     # Tumour in one hemisphere; radii in voxels, relative to the brain's size.
     hgg = grade == "HGG"
     side = rng.choice([-1.0, 1.0])
-    tc = np.array([cz + rng.uniform(-0.25, 0.25) * az, cy + rng.uniform(-0.3, 0.3) * ay, cx + side * rng.uniform(0.35, 0.45) * ax])
+    tc = np.array(
+        [cz + rng.uniform(-0.25, 0.25) * az, cy + rng.uniform(-0.3, 0.3) * ay, cx + side * rng.uniform(0.35, 0.45) * ax]
+    )
     r_ed = (rng.uniform(0.55, 0.70) if hgg else rng.uniform(0.50, 0.62)) * ax * tumour_scale
     elong = rng.uniform(0.85, 1.15, size=3)
     d = np.sqrt(((z - tc[0]) / elong[0]) ** 2 + ((y - tc[1]) / elong[1]) ** 2 + ((x - tc[2]) / elong[2]) ** 2)
@@ -206,9 +228,16 @@ def generate(cfg: dict, out_dir: str | os.PathLike, seed: int) -> list[str]:
         for mod, data in images.items():
             write_nifti(data, affine, out / case / f"{case}_{mod}.nii")
         write_nifti(seg, affine, out / case / f"{case}_seg.nii")
-        rows.append({"Grade": grade, "BraTS_2017_subject_ID": f"Brats17_SYN_{i:03d}_1",
-                     "BraTS_2018_subject_ID": f"Brats18_SYN_{i:03d}_1", "TCGA_TCIA_subject_ID": "NA",
-                     "BraTS_2019_subject_ID": f"BraTS19_SYN_{i:03d}_1", "BraTS_2020_subject_ID": case})
+        rows.append(
+            {
+                "Grade": grade,
+                "BraTS_2017_subject_ID": f"Brats17_SYN_{i:03d}_1",
+                "BraTS_2018_subject_ID": f"Brats18_SYN_{i:03d}_1",
+                "TCGA_TCIA_subject_ID": "NA",
+                "BraTS_2019_subject_ID": f"BraTS19_SYN_{i:03d}_1",
+                "BraTS_2020_subject_ID": case,
+            }
+        )
         log.info("%s: %s", case, grade)
     with io.atomic_path(out / NAME_MAPPING) as tmp:
         pd.DataFrame(rows, columns=list(MAPPING_COLUMNS)).to_csv(tmp, index=False)

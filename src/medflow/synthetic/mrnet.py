@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def draw_labels(cfg: Mapping[str, Any] | None, seed: int) -> dict[str, dict[str,
         n = len(ids)
         rng = np.random.default_rng([seed, 1, code])
 
-        def count(p: float) -> int:
+        def count(p: float, n: int = n) -> int:
             return int(min(max(round(p * n), 1), max(n - 1, 1)))
 
         order = rng.permutation(n)
@@ -99,6 +100,7 @@ def draw_labels(cfg: Mapping[str, Any] | None, seed: int) -> dict[str, dict[str,
 
 
 # --- the phantom -------------------------------------------------------------------------------
+
 
 def _smoothstep(d: np.ndarray, edge: float = 0.08) -> np.ndarray:
     """1 inside (d < 1 - edge), 0 outside (d > 1 + edge), smooth between: soft-edged masks."""
@@ -234,7 +236,10 @@ def make_knee(rng: np.random.Generator, labels: Mapping[str, int], other_finding
     acl = ((-med * 0.07, -0.24, 0.16), (med * 0.02, 0.16, top + 0.03))
     shapes.append(Rod(acl[0], acl[1], 0.045, 25))
     shapes.append(Rod((med * 0.05, 0.04, 0.16), (0.0, -0.3, top - 0.02), 0.05, 25))
-    shapes += [Ellipsoid((0, 0.6, 0.32), (0.2, 0.09, 0.17), 15, grow=0.02), Ellipsoid((0, 0.6, 0.32), (0.2, 0.09, 0.17), 100, texture=10)]
+    shapes += [
+        Ellipsoid((0, 0.6, 0.32), (0.2, 0.09, 0.17), 15, grow=0.02),
+        Ellipsoid((0, 0.6, 0.32), (0.2, 0.09, 0.17), 100, texture=10),
+    ]
     shapes.append(Rod((0, 0.64, 0.15), (0, 0.5, -0.35), 0.04, 20))
 
     # Findings, painted last.
@@ -255,8 +260,14 @@ def make_knee(rng: np.random.Generator, labels: Mapping[str, int], other_finding
         shapes.append(Ellipsoid((side * 0.27 + j(), -0.3 + j(), top + 0.06), (0.17, 0.12, 0.13), 225))
 
     k = rng.normal(0, 9.0, (4, 3))
-    return Knee(shapes, offset=rng.normal(0, 0.03, 3), scale=float(rng.uniform(0.95, 1.05)), gain=float(rng.uniform(0.93, 1.07)),
-                texture_k=k, texture_phase=rng.uniform(0, 2 * np.pi, 4))
+    return Knee(
+        shapes,
+        offset=rng.normal(0, 0.03, 3),
+        scale=float(rng.uniform(0.95, 1.05)),
+        gain=float(rng.uniform(0.93, 1.07)),
+        texture_k=k,
+        texture_phase=rng.uniform(0, 2 * np.pi, 4),
+    )
 
 
 def render_plane(knee: Knee, plane: str, n_slices: int, rng: np.random.Generator, noise: float) -> np.ndarray:

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from PIL import Image
@@ -69,7 +69,9 @@ def _patient_geometry(rng: np.random.Generator, cls: str, height: tuple[int, int
         "gain": rng.uniform(0.8, 1.15),
     }
     if cls == "CNV":
-        geo["lesions"] = [(rng.uniform(0.35, 0.65), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2))]  # x, half-width, height
+        geo["lesions"] = [
+            (rng.uniform(0.35, 0.65), rng.uniform(0.12, 0.2), rng.uniform(0.12, 0.2))
+        ]  # x, half-width, height
     elif cls == "DRUSEN":
         n = int(rng.integers(3, 7))
         xs = np.sort(rng.uniform(0.2, 0.8, n))
@@ -77,7 +79,8 @@ def _patient_geometry(rng: np.random.Generator, cls: str, height: tuple[int, int
     elif cls == "DME":
         n = int(rng.integers(3, 7))
         geo["lesions"] = [
-            (rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.75), rng.uniform(0.04, 0.08), rng.uniform(0.5, 0.9)) for _ in range(n)
+            (rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.75), rng.uniform(0.04, 0.08), rng.uniform(0.5, 0.9))
+            for _ in range(n)
         ]  # x, depth in retina, radius (fraction of width), aspect
     else:
         geo["lesions"] = []

@@ -20,9 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -245,8 +246,13 @@ def patient_image(p: Patient, index: int, cfg: Mapping[str, Any], seed: int):
     if rng.random() < c["bits16_fraction"]:
         lo, span = rng.uniform(200, 600), rng.uniform(2800, 3400)
         pixels = np.clip(np.round(lo + img * span), 0, 4095).astype(np.uint16)
-        tags.update(BitsStored=12, WindowCenter=round(lo + span / 2, 1), WindowWidth=round(span, 1),
-                    RescaleIntercept=0, RescaleSlope=1)
+        tags.update(
+            BitsStored=12,
+            WindowCenter=round(lo + span / 2, 1),
+            WindowWidth=round(span, 1),
+            RescaleIntercept=0,
+            RescaleSlope=1,
+        )
     else:
         pixels = np.round(img * 255).astype(np.uint8)
     return pixels, tags, boxes
@@ -284,4 +290,8 @@ def write_dataset(root: str | os.PathLike, cfg: Mapping[str, Any] | None, seed: 
         labels.to_csv(t, index=False)
     with io.atomic_path(root / CLASSES) as t:
         classes.to_csv(t, index=False)
-    return {"patients": len(patients), "positive": int(sum(p.target for p in patients)), "boxes": int(labels["Target"].sum())}
+    return {
+        "patients": len(patients),
+        "positive": int(sum(p.target for p in patients)),
+        "boxes": int(labels["Target"].sum()),
+    }

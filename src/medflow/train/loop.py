@@ -21,9 +21,10 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,9 @@ def fit(
     def epoch_line(row: dict[str, float], seconds: float) -> str:
         vals = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
         best = float("nan") if state["best_score"] is None else state["best_score"]  # None until a finite score
-        return f"epoch {int(row['epoch'])}/{cfg.epochs} {vals} | best {best:.4f} @ {state['best_epoch']} | {seconds:.1f} s"
+        return (
+            f"epoch {int(row['epoch'])}/{cfg.epochs} {vals} | best {best:.4f} @ {state['best_epoch']} | {seconds:.1f} s"
+        )
 
     run_cm = _tracking_run(tracking, device, state["run_id"])
     with run_cm as run:
@@ -201,7 +204,12 @@ def fit(
         if run is not None:
             import mlflow
 
-            mlflow.log_metrics({f"best_{cfg.monitor}": float("nan") if state["best_score"] is None else state["best_score"], "best_epoch": state["best_epoch"]})
+            mlflow.log_metrics(
+                {
+                    f"best_{cfg.monitor}": float("nan") if state["best_score"] is None else state["best_score"],
+                    "best_epoch": state["best_epoch"],
+                }
+            )
             mlflow.log_artifact(str(checkpoint_path), artifact_path="checkpoint")
             if curves_path is not None:
                 mlflow.log_artifact(str(curves_path), artifact_path="plots")
@@ -219,7 +227,9 @@ def _tracking_run(tracking: Tracking | None, device: torch.device, run_id: str |
     from medflow import tracking as tr
 
     tags = {"device": describe(device), **dict(tracking.tags)}
-    return tr.run(tracking.experiment, tracking.run_name, params=tracking.params, tags=tags, rule=tracking.rule, run_id=run_id)
+    return tr.run(
+        tracking.experiment, tracking.run_name, params=tracking.params, tags=tags, rule=tracking.rule, run_id=run_id
+    )
 
 
 def _save_checkpoint(model, path: Path, epoch: int, cfg: FitConfig, score: float, meta, run_id) -> None:

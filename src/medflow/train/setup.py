@@ -71,8 +71,10 @@ def make_loaders(
     """
     for key in ("sampler", "batch_sampler", "shuffle", "drop_last"):
         if key in kw:
-            raise TypeError(f"make_loaders sets {key!r} itself; a pipeline with its own sampler builds its "
-                            "DataLoaders directly with loader_kwargs(device, threads)")
+            raise TypeError(
+                f"make_loaders sets {key!r} itself; a pipeline with its own sampler builds its "
+                "DataLoaders directly with loader_kwargs(device, threads)"
+            )
     bs = int(batch_size)
     if bs < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
@@ -97,11 +99,14 @@ def fit_config(params, *, monitor: str, mode: str, job: Job, min_delta: float = 
     if grad_clip is not None:
         kw["grad_clip"] = float(grad_clip)
     kw.update(extra)
-    return FitConfig(epochs=int(epochs), monitor=monitor, mode=mode, min_delta=min_delta, seed=job.seed,
-                     bf16=job.bf16, **kw)
+    return FitConfig(
+        epochs=int(epochs), monitor=monitor, mode=mode, min_delta=min_delta, seed=job.seed, bf16=job.bf16, **kw
+    )
 
 
-def tracking(job: Job, experiment: str, run_name: str, params, *, tags: Mapping[str, str] | None = None) -> Tracking | None:
+def tracking(
+    job: Job, experiment: str, run_name: str, params, *, tags: Mapping[str, str] | None = None
+) -> Tracking | None:
     """The MLflow run ``fit`` records to (tagged with ``job.rule``), or None when ``job.track`` is False.
     ``params`` (a mapping or dataclass) is logged once, flattened to dotted keys (``medflow.tracking.run``)."""
     if not job.track:
