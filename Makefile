@@ -27,7 +27,8 @@ $(VENV)/.ok:
 demo: env
 	snakemake --cores $(CORES) --resources gpu=1 --workflow-profile profiles/local
 
-test: env
+# Lint first: a test run on unformatted or unlinted code fails, as CI (.ci/run = make test) does.
+test: env lint
 	pytest -q tests
 
 # By hand, never in CI (see docs/testing.md): mutation scores of the modules users' numbers come from,
@@ -40,6 +41,9 @@ plant-bugs: env
 	python dev/plant_bugs.py
 
 lint: env
+	ruff format --check .
+	ruff check .
+	snakefmt --check Snakefile rules
 	snakemake --lint
 
 report: env

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from medflow.preprocess.patches import case_rng, extract, one_hot, origin_table, standardize
+from medflow.preprocess.patches import case_rng, extract, one_hot, origin_table, standardise
 from medflow.preprocess.stack import to_stored_label, to_zyx
 from medflow.preprocess.trim import kept_range, signal_per_slice
 
@@ -83,16 +83,16 @@ def get_sub_volume(
     return None, None
 
 
-def tutorial_standardize(image):
+def tutorial_standardise(image):
     """The tutorial's loop over channels and slices (image (C, X, Y, Z)), sd 0 left unscaled."""
-    standardized_image = np.zeros(image.shape)
+    standardised_image = np.zeros(image.shape)
     for c in range(image.shape[0]):
         for z in range(image.shape[3]):
             image_slice = image[c, :, :, z]
             centered = image_slice - np.mean(image_slice)
             centered_scaled = centered / np.std(centered) if np.std(centered) != 0 else centered
-            standardized_image[c, :, :, z] = centered_scaled
-    return standardized_image
+            standardised_image[c, :, :, z] = centered_scaled
+    return standardised_image
 
 
 def best(fn, repeats):
@@ -192,8 +192,8 @@ def main():
         _, image_zyx = bench_case(args, grade, float(scale))
 
     x = image_zyx[:, : args.patch[0], : args.patch[1], : args.patch[2]]
-    t_ours, _ = best(lambda r: standardize(x), args.repeats)
-    t_tut, _ = best(lambda r: tutorial_standardize(x.transpose(0, 3, 2, 1)), args.repeats)
+    t_ours, _ = best(lambda r: standardise(x), args.repeats)
+    t_tut, _ = best(lambda r: tutorial_standardise(x.transpose(0, 3, 2, 1)), args.repeats)
     print(f"standardisation of one patch: tutorial loop {t_tut * 1000:.1f} ms, ours {t_ours * 1000:.1f} ms")
 
 

@@ -52,3 +52,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 100, **tight_layout) -> None:
+    """Lay out a matplotlib figure, write it atomically as PNG and close it (every plot of the workflow)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(**tight_layout)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)

@@ -22,7 +22,7 @@ from medflow.preprocess.patches import (
     origin_table,
     sample_case,
     sample_origins,
-    standardize,
+    standardise,
 )
 
 CASE = "BraTS20_Training_011"
@@ -34,7 +34,7 @@ def tutorial_background_fraction(label_patch, num_classes=4):
     return np.sum(y[..., 0]) / label_patch.size
 
 
-def tutorial_standardize(image):
+def tutorial_standardise(image):
     """The tutorial's loop (image (C, X, Y, Z), slices along the last axis), with sd 0 left unscaled."""
     out = np.zeros(image.shape)
     for c in range(image.shape[0]):
@@ -185,18 +185,18 @@ def test_sampling_is_uniform_over_acceptable_origins():
     assert freq.min() > 0 and freq.max() / freq.min() < 2.5, "like the tutorial's uniform proposals"
 
 
-def test_standardize_matches_the_tutorial_loop():
+def test_standardise_matches_the_tutorial_loop():
     rng = np.random.default_rng(1)
     image = rng.normal(5, 3, (4, 6, 7, 8)).astype(np.float32)  # (C, Z, Y, X)
     image[1, 2] = 7.0  # a constant slice: centred, not scaled
-    ours = standardize(image)
-    theirs = tutorial_standardize(image.transpose(0, 3, 2, 1)).transpose(0, 3, 2, 1)
+    ours = standardise(image)
+    theirs = tutorial_standardise(image.transpose(0, 3, 2, 1)).transpose(0, 3, 2, 1)
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert (ours[1, 2] == 0).all()
     np.testing.assert_allclose(ours[0].mean(axis=(-2, -1)), 0, atol=1e-5)
     np.testing.assert_allclose(ours[0].std(axis=(-2, -1)), 1, atol=1e-5)
-    np.testing.assert_allclose(standardize(image[None])[0], ours), "a batch of patches, the same rule"
+    np.testing.assert_allclose(standardise(image[None])[0], ours), "a batch of patches, the same rule"
 
 
 def test_one_hot_drops_background():
@@ -240,7 +240,7 @@ def test_sample_case_writes_the_contract(tmp_path, caplog):
         np.testing.assert_array_equal(f["origins"][()], expected)
         for i, (z, y, x) in enumerate(f["origins"][()]):
             box = (slice(z, z + 5), slice(y, y + 8), slice(x, x + 6))
-            np.testing.assert_allclose(f["image"][i], standardize(image[(slice(None), *box)]), atol=1e-6)
+            np.testing.assert_allclose(f["image"][i], standardise(image[(slice(None), *box)]), atol=1e-6)
             np.testing.assert_array_equal(f["label"][i], one_hot(label[box]))
             assert 1 - f["label"][i].sum() / (5 * 8 * 6) < 0.9
 
@@ -327,13 +327,13 @@ def test_extract_reads_the_patch_at_its_origin():
     np.testing.assert_array_equal(y, one_hot(label[1:4, 2:6, 3:8]))
 
 
-def test_standardize_computes_in_float32_whatever_the_input():
+def test_standardise_computes_in_float32_whatever_the_input():
     """Raw int16 or float64 input is standardised as its float32 values (the tutorial's float32)."""
     rng = np.random.default_rng(3)
     f64 = rng.normal(300, 50, (2, 3, 5, 6)) * (1 + 1e-9)
     i16 = rng.integers(0, 3000, (2, 3, 5, 6)).astype(np.int16)
-    np.testing.assert_array_equal(standardize(f64), standardize(f64.astype(np.float32)))
-    np.testing.assert_array_equal(standardize(i16), standardize(i16.astype(np.float32)))
+    np.testing.assert_array_equal(standardise(f64), standardise(f64.astype(np.float32)))
+    np.testing.assert_array_equal(standardise(i16), standardise(i16.astype(np.float32)))
 
 
 def test_unreadable_or_malformed_stacks_are_input_errors(tmp_path):

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from medflow.preprocess.patches import standardize
+from medflow.preprocess.patches import standardise
 
 ORIGINAL_ZYX = (20, 24, 24)  # raw volume; the stacks keep slices [2, 18)
 KEPT = (2, 18)
@@ -75,7 +75,7 @@ def write_patches(path, image, label, n, seed, patch=PATCH):
     for _ in range(n):
         o = [int(rng.integers(0, s - p + 1)) for s, p in zip(label.shape, patch)]
         box = tuple(slice(a, a + p) for a, p in zip(o, patch))
-        imgs.append(standardize(image[(slice(None), *box)]))
+        imgs.append(standardise(image[(slice(None), *box)]))
         labs.append(np.stack([label[box] == k for k in (1, 2, 3)]).astype(np.uint8))
         origins.append(o)
     with h5py.File(path, "w") as f:

@@ -14,7 +14,7 @@ import torch
 
 from medflow import tracking
 from medflow.errors import InputError
-from medflow.evaluation.headline import headline_block, mean_metric
+from medflow.evaluation.headline import Bootstrap, headline_block, mean_metric
 from medflow.segmentation import metrics, predict, regions
 from medflow.segmentation.evaluate import EvalParams, evaluate, headline
 from medflow.segmentation.train import UNetParams, train
@@ -57,7 +57,7 @@ def evaluated(dataset, tmp_path_factory):
         result = evaluate(
             inputs(dataset, out / "unet3d.pt"),
             outputs(out),
-            EvalParams(overlap=0.5, n_overlays=1, bootstrap=BOOT),
+            EvalParams(overlap=0.5, n_overlays=1, bootstrap=Bootstrap(**BOOT)),
             Job(threads=1, seed=5, rule="brats_segmentation_evaluate"),
             device=CPU,
         )
@@ -108,13 +108,13 @@ def test_headline_bootstraps_cases_with_the_configured_samples_seed_and_confiden
         }
         for i in range(12)
     }
-    head = headline(per_case, {"bootstrap_samples": 300, "confidence": 0.8}, seed=11)
+    head = headline(per_case, Bootstrap(300, 0.8), seed=11)
     wt = [r["WT"]["hd95"] for r in per_case.values()]
     assert head["hd95_wt"] == mean_metric(wt, n_boot=300, seed=11, level=0.8)
     assert head["hd95_wt"]["n"] == 12 and head["hd95_wt"]["value"] == float(np.mean(wt))
-    wider = headline(per_case, {"bootstrap_samples": 300, "confidence": 0.95}, seed=11)["hd95_wt"]
+    wider = headline(per_case, Bootstrap(300, 0.95), seed=11)["hd95_wt"]
     assert wider["ci_low"] < head["hd95_wt"]["ci_low"] < head["hd95_wt"]["ci_high"] < wider["ci_high"]
-    assert headline(per_case, {"bootstrap_samples": 300, "confidence": 0.8}, seed=12)["dice_et"] != head["dice_et"]
+    assert headline(per_case, Bootstrap(300, 0.8), seed=12)["dice_et"] != head["dice_et"]
 
 
 def test_predictions_overlay_on_the_raw_geometry_and_match_the_metrics(evaluated, dataset):
@@ -152,7 +152,7 @@ def test_predictions_come_from_predict_case_with_the_checkpoint_threshold(evalua
     result = evaluate(
         inputs(dataset, tmp_path / "t07.pt"),
         outputs(tmp_path),
-        EvalParams(n_overlays=0, bootstrap=BOOT),
+        EvalParams(n_overlays=0, bootstrap=Bootstrap(**BOOT)),
         Job(threads=1, track=False),
         device=CPU,
     )

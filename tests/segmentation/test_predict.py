@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medflow.preprocess.patches import PatchParams, sample_case, standardize
+from medflow.preprocess.patches import PatchParams, sample_case, standardise
 from medflow.segmentation import predict, regions
 from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for, make_case, write_stack
 
@@ -182,7 +182,7 @@ def test_windows_get_the_standardisation_the_training_patches_got(tmp_path):
     model = Recorder()
     predict.predict_case(
         model, stacked, size, predict.PredictParams(standardise="window"), threshold=0.5, device=CPU, bf16=False
-    )  # the default standardize is the patch sampler's
+    )  # the default standardise is the patch sampler's
     assert len(model.inputs) == 1
     np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
     # 'volume' standardises the whole volume's slices once, then cuts windows: here the same window.
@@ -195,7 +195,7 @@ def test_windows_get_the_standardisation_the_training_patches_got(tmp_path):
         threshold=0.5,
         device=CPU,
         bf16=False,
-        standardize=standardize,
+        standardise=standardise,
     )
     np.testing.assert_array_equal(model.inputs[0][0].numpy(), patch)
     with pytest.raises(ValueError, match="standardise must be one of"):

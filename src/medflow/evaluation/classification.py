@@ -63,10 +63,7 @@ def plot_roc(
     ax.set_ylabel("sensitivity")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    io.save_figure(fig, path)
 
 
 def plot_confusion(
@@ -89,8 +86,5 @@ def plot_confusion(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    io.save_figure(fig, path)
     return cm

@@ -26,6 +26,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,18 @@ from medflow.errors import InputError
 
 KEYS = ("value", "ci_low", "ci_high", "n")
 _NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Config ``evaluation``: how every pipeline's headline intervals are drawn."""
+
+    bootstrap_samples: int = 1000
+    confidence: float = 0.95
+
+    def kwargs(self, seed: int) -> dict[str, Any]:
+        """``n_boot``, ``level`` and ``seed`` for this module's metric functions (seed: the job's)."""
+        return {"n_boot": int(self.bootstrap_samples), "level": float(self.confidence), "seed": int(seed)}
 
 
 def _resample_indices(

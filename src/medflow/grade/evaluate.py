@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_confusion, plot_roc
-from medflow.evaluation.headline import auc_metric, bootstrap_metric
+from medflow.evaluation.headline import Bootstrap, auc_metric, bootstrap_metric
 from medflow.grade.aggregate import aggregate
 from medflow.grade.data import GradeSlices, read_index
 from medflow.grade.model import CLASSES, load_model
@@ -45,14 +45,6 @@ class EvaluateBlock:
 
 
 @dataclass(frozen=True)
-class Bootstrap:
-    """Top-level ``evaluation`` in config: resamples and coverage of the headline intervals."""
-
-    bootstrap_samples: int
-    confidence: float
-
-
-@dataclass(frozen=True)
 class EvaluateParams:
     """What ``brats_grade_evaluate`` passes: ``aggregate`` (brats.grade.aggregate), ``evaluate``, ``bootstrap``."""
 
@@ -68,7 +60,7 @@ def headline(y: np.ndarray, prob: np.ndarray, threshold: float, bootstrap: Boots
     ``value`` is ``binary_report``'s figure. A resample holding one grade has no balanced accuracy (one of
     its two rates is undefined) and is skipped, as it is for the AUC.
     """
-    kw = {"n_boot": int(bootstrap.bootstrap_samples), "seed": int(seed), "level": float(bootstrap.confidence)}
+    kw = bootstrap.kwargs(seed)
 
     def balanced_accuracy(y_, p_):
         if len(np.unique(y_)) < 2:

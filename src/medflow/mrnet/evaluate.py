@@ -27,7 +27,7 @@ import pandas as pd
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_roc
-from medflow.evaluation.headline import auc_metric, read_headline
+from medflow.evaluation.headline import Bootstrap, auc_metric, read_headline
 from medflow.ingest import mrnet as ingest
 from medflow.mrnet.stacking import Stacker
 from medflow.train import Job
@@ -46,14 +46,6 @@ class EvaluateConfig:
     fit_on: str = "out_of_fold"
     C: float = 1.0
     class_weight: str = "balanced"
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """``evaluation``: resamples and coverage of the headline intervals."""
-
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -176,7 +168,7 @@ def evaluate(inputs: Mapping, outputs: Mapping[str, str | os.PathLike], params: 
     stacker.extra = {"task": task}
     valid["stacked"] = stacker.predict_proba(valid[planes])
     curves = {p: (valid["label"], valid[p]) for p in [*planes, "stacked"]}
-    boot = {"n_boot": params.bootstrap.bootstrap_samples, "level": params.bootstrap.confidence, "seed": job.seed}
+    boot = params.bootstrap.kwargs(job.seed)
     headline = {
         "auc": auc_metric(valid["label"], valid["stacked"], **boot),
         **{f"auc_{p}": auc_metric(valid["label"], valid[p], **boot) for p in planes},

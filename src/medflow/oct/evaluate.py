@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import plot_confusion
-from medflow.evaluation.headline import bootstrap_metric
+from medflow.evaluation.headline import Bootstrap, bootstrap_metric
 from medflow.oct.data import OctImages, eval_transform, split_table
 from medflow.oct.model import load_model
 from medflow.oct.predict import predict_log_proba
@@ -41,14 +41,6 @@ class EvaluateBlock:
 
     top_k: int  # classes (with probabilities) per image in predictions.csv
     batch_size: int
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """Config ``evaluation``: the headline's percentile bootstrap over test patients."""
-
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -168,9 +160,7 @@ def evaluate(
     report["classes"] = classes
     report["checkpoint_epoch"] = int(ckpt["epoch"])
     report["n_patients"] = len(set(patients))
-    report["headline"] = headline(
-        y, pred, patients, len(classes), n_boot=boot.bootstrap_samples, seed=job.seed, level=boot.confidence
-    )
+    report["headline"] = headline(y, pred, patients, len(classes), **boot.kwargs(job.seed))
     io.write_json(metrics_path, report)
 
     preds = top_k_table(ds.ids, logp, classes, cfg.top_k)

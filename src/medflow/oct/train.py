@@ -104,7 +104,6 @@ def train(
             "accuracy": float((logp.argmax(1) == y).mean()),
         }
 
-    fit_cfg = fit_config(cfg, monitor=cfg.monitor, mode=MONITOR_MODE[cfg.monitor], job=job)
     meta = {
         "arch": "vgg16",
         "class_to_idx": c2i,
@@ -117,12 +116,7 @@ def train(
     }
     # The train block (augment nested) and the seed: what a resume must match, what MLflow shows.
     settings = {**dataclasses.asdict(cfg), "seed": job.seed}
-    run = tracking(
-        job,
-        EXPERIMENT,
-        job.rule or RULE,
-        {**settings, "n_train": len(train_ds), "n_val": len(val_ds), "parameters": counts},
-    )
+    logged = {**settings, "n_train": len(train_ds), "n_val": len(val_ds), "parameters": counts}
     return fit(
         model,
         optimizer,
@@ -130,11 +124,11 @@ def train(
         val_loader,
         train_step=train_step,
         evaluate=validate,
-        cfg=fit_cfg,
+        cfg=fit_config(cfg, monitor=cfg.monitor, mode=MONITOR_MODE[cfg.monitor], job=job),
         device=device,
         checkpoint_path=outputs["checkpoint"],
+        curves_path=outputs["curves"],
         checkpoint_meta=meta,
         fingerprint=settings,
-        tracking=run,
-        curves_path=outputs["curves"],
+        tracking=tracking(job, EXPERIMENT, job.rule or RULE, logged),
     )

@@ -9,7 +9,7 @@ origins, so this samples from the same distribution as the tutorial, only withou
 finds a patch whenever one exists. Deterministic from ``(seed, case id)``.
 
 Output ``results/brats/patches/{case}.h5``: ``image`` float32 (N, 4, pz, py, px) standardised per
-channel and per axial slice (``standardize``); ``label`` uint8 (N, 3, pz, py, px), one-hot of the
+channel and per axial slice (``standardise``); ``label`` uint8 (N, 3, pz, py, px), one-hot of the
 stored labels 1 (NCR/NET), 2 (ED), 3 (ET = BraTS 4), no background channel; ``origins`` int64
 (N, 3) (z, y, x) in the stacked (trimmed) volume; attributes ``case_id``, ``patch_size_zyx``,
 ``n_patches`` (found), ``n_requested``, ``n_accepted_origins``, ``background_threshold``, ``seed``.
@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medflow.errors import InputError
+from medflow.segmentation.regions import STORED_LABELS  # one-hot channels: NCR/NET, ED, ET (4 stored as 3)
 
 log = logging.getLogger(__name__)
-
-STORED_LABELS = (1, 2, 3)  # one-hot channels: NCR/NET, ED, ET (BraTS 4 stored as 3)
 
 
 @dataclass
@@ -46,7 +45,7 @@ def case_rng(seed: int, case: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), *case.encode()])
 
 
-def standardize(image: np.ndarray) -> np.ndarray:
+def standardise(image: np.ndarray) -> np.ndarray:
     """Per channel and per axial slice to mean 0 / sd 1 (population sd); a slice with sd 0 is only
     centred. ``image`` is (..., Z, Y, X), e.g. (4, Z, Y, X) or (N, 4, pz, py, px): every (Y, X) slice
     is standardised on its own, exactly the tutorial's loop over channels and slices, in float32 as
@@ -256,7 +255,7 @@ def sample_case(stack_path: str | os.PathLike, out_path: str | os.PathLike, para
             )
             for i, origin in enumerate(origins):  # one patch in memory at a time
                 x, y = extract(image, label, origin, patch)
-                img_ds[i] = standardize(x)
+                img_ds[i] = standardise(x)
                 lab_ds[i] = y
             f.create_dataset("origins", data=origins.astype(np.int64).reshape(k, 3))
             f.attrs.update(

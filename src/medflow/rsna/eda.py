@@ -28,11 +28,7 @@ def _plt():
 
 
 def _save(fig, path) -> None:
-    plt = _plt()
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    io.save_figure(fig, path, dpi=90)
 
 
 def _label(v: str) -> str:

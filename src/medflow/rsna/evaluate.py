@@ -21,7 +21,7 @@ from medflow import io, tracking
 from medflow import train as mtrain
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_roc
-from medflow.evaluation.headline import auc_metric
+from medflow.evaluation.headline import Bootstrap, auc_metric
 from medflow.rsna.data import eval_loader, read_info, split_indices
 from medflow.rsna.model import load_model
 from medflow.rsna.predict import predict
@@ -40,14 +40,6 @@ class EvaluateConfig:
 
     threshold: float = 0.5  # P(pneumonia) at or above it counts as positive (accuracy, sensitivity, specificity)
     batch_size: int = 64
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """Config ``evaluation``: the headline's percentile bootstrap over test patients."""
-
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
 
 
 @dataclass(frozen=True)

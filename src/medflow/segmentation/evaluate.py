@@ -30,7 +30,7 @@ import torch
 
 from medflow import io
 from medflow.errors import InputError
-from medflow.evaluation.headline import mean_metric
+from medflow.evaluation.headline import Bootstrap, mean_metric
 from medflow.ingest.splits import ids_in, read_split
 from medflow.preprocess.stack import read_stack
 from medflow.segmentation import predict, regions
@@ -55,7 +55,7 @@ class EvalParams(predict.PredictParams):
     the checkpoint."""
 
     n_overlays: int = 3
-    bootstrap: dict[str, float] = field(default_factory=lambda: {"bootstrap_samples": 1000, "confidence": 0.95})
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
 
 def baseline_predictions(image: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,18 +68,13 @@ def baseline_predictions(image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def headline(
-    per_case: Mapping[str, Mapping[str, Mapping[str, float]]], bootstrap: Mapping[str, float], seed: int
+    per_case: Mapping[str, Mapping[str, Mapping[str, float]]], bootstrap: Bootstrap, seed: int
 ) -> dict[str, dict[str, Any]]:
     """The metrics.json headline block: ``HEADLINE``'s means over the test cases (``per_case`` in case
     order, as ``summarise``'s ``mean``; NaN skipped) with percentile bootstrap intervals over cases."""
     rows = list(per_case.values())
     return {
-        name: mean_metric(
-            [r[structure][metric] for r in rows],
-            n_boot=int(bootstrap["bootstrap_samples"]),
-            seed=seed,
-            level=float(bootstrap["confidence"]),
-        )
+        name: mean_metric([r[structure][metric] for r in rows], **bootstrap.kwargs(seed))
         for name, (structure, metric) in HEADLINE.items()
     }
 
@@ -91,14 +86,14 @@ def evaluate(
     job: Job,
     *,
     device: torch.device | None = None,
-    standardize: Callable[[np.ndarray], np.ndarray] | None = None,
+    standardise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """Evaluate the checkpoint on the split's ``test`` cases; write every output; return the metrics dict.
 
     ``inputs``: ``checkpoint``, ``stacks`` (every case's stacked HDF5 ``<case>.h5``, a list, or a
     {case: path} mapping) and ``split``; ``outputs``: ``metrics`` (JSON), ``per_case`` (CSV),
     ``predictions`` and ``overlays`` (folders). ``device`` defaults to ``select_device(job.threads)``,
-    ``standardize`` to the patch sampler's (``predict.predict_case``).
+    ``standardise`` to the patch sampler's (``predict.predict_case``).
     """
     checkpoint, split_csv = inputs["checkpoint"], inputs["split"]
     stacks = inputs["stacks"]
@@ -136,7 +131,7 @@ def evaluate(
                 threshold=threshold,
                 device=device,
                 bf16=job.bf16,
-                standardize=standardize,
+                standardise=standardise,
             )
             per_case[case] = case_metrics(pred, stack.label, stack.spacing_zyx)
             for name, base in baseline_predictions(stack.image).items():
@@ -266,9 +261,6 @@ def plot_overlay(
     fig.legend(handles, ["1 NCR/NET", "2 ED", "4 ET"], loc="lower center", ncol=3, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.93 if title else 1))
     path = Path(path)
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    io.save_figure(fig, path, dpi=90, rect=(0, 0.06, 1, 0.93 if title else 1))
     return path

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medflow import io
-from medflow.preprocess.patches import standardize as patch_standardize
+from medflow.preprocess.patches import standardise as patch_standardise
 from medflow.segmentation import regions
 from medflow.segmentation.loss import soft_dice_loss
 from medflow.train import predict as predict_batches
@@ -140,20 +140,20 @@ def predict_case(
     threshold: float,
     device: torch.device | None = None,
     bf16: bool = True,
-    standardize: Callable[[np.ndarray], np.ndarray] | None = None,
+    standardise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Stored label map (Z, Y, X) uint8 of one stacked (4, Z, Y, X) image (as stored, not normalised).
 
     ``window`` (pz, py, px) is the training patch size (checkpoint ``meta["patch_size"]``), ``threshold``
-    training's (``meta["threshold"]``). ``standardize`` (default: the patch sampler's per-channel,
-    per-slice ``medflow.preprocess.patches.standardize``) is applied to every window
+    training's (``meta["threshold"]``). ``standardise`` (default: the patch sampler's per-channel,
+    per-slice ``medflow.preprocess.patches.standardise``) is applied to every window
     (``params.standardise == "window"``: what each training patch got) or once to the whole volume.
     """
     if params.standardise not in STANDARDISE:
         raise ValueError(f"standardise must be one of {STANDARDISE}, got {params.standardise!r}")
-    standardize = standardize or patch_standardize
+    standardise = standardise or patch_standardise
     per_window = params.standardise == "window"
-    x = image if per_window else standardize(image)
+    x = image if per_window else standardise(image)
     probs = sliding_window(
         model,
         x,
@@ -163,7 +163,7 @@ def predict_case(
         blend=params.blend,
         device=device,
         bf16=bf16,
-        transform=standardize if per_window else None,
+        transform=standardise if per_window else None,
     )
     return regions.probabilities_to_labels(probs, threshold)
 

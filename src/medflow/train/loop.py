@@ -281,7 +281,4 @@ def plot_history(history: list[dict[str, float]], path: str | Path, monitor: str
         ax2.plot(epochs, [r[monitor] for r in history], marker="o", color="tab:green")
     ax2.set_xlabel("epoch")
     ax2.set_title(monitor)
-    fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    io.save_figure(fig, path)
