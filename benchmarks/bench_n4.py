@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from medflow.ingest.brats import MODALITIES
 from medflow.preprocess.n4 import N4Params, estimate_log_field
 
 TUTORIAL = N4Params(shrink_factor=1, iterations=[50, 50, 50, 50], convergence_threshold=0.001, histogram_bins=200)
@@ -36,7 +37,7 @@ def corr(a, b, mask):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modality", default="t1", choices=["flair", "t1", "t1ce", "t2"])
+    ap.add_argument("--modality", default="t1", choices=MODALITIES)
     ap.add_argument("--image", help="a real NIfTI modality instead of the synthetic case")
     ap.add_argument("--shrink", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)

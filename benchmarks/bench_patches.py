@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from medflow.ingest.brats import MODALITIES
 from medflow.preprocess.patches import case_rng, extract, one_hot, origin_table, standardise
 from medflow.preprocess.stack import to_stored_label, to_zyx
 from medflow.preprocess.trim import kept_range, signal_per_slice
@@ -110,9 +111,7 @@ def bench_case(args, grade, scale):
     images, seg, _ = real_size_case(grade=grade, tumour_scale=scale)
     start, stop = kept_range(np.any([signal_per_slice(v) for v in images.values()], axis=0))
     # C order (Z, Y, X), as the stacked case is read from HDF5.
-    image_zyx = np.ascontiguousarray(
-        np.stack([to_zyx(images[m])[start:stop] for m in ("flair", "t1", "t1ce", "t2")]), np.float32
-    )
+    image_zyx = np.ascontiguousarray(np.stack([to_zyx(images[m])[start:stop] for m in MODALITIES]), np.float32)
     label_zyx = np.ascontiguousarray(to_stored_label(to_zyx(seg))[start:stop])
     del images
     image_xyzc = np.ascontiguousarray(image_zyx.transpose(3, 2, 1, 0))  # the tutorial's layout

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from medflow.errors import InputError, Problems
+from medflow.segmentation import regions
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 KINDS = (*MODALITIES, "seg")
-BRATS_LABELS = (0, 1, 2, 4)
+BRATS_LABELS = (0, *regions.BRATS_LABELS)  # background and the tumour labels of the one label map
 CASE_RE = re.compile(r"BraTS20_Training_\d+")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NAME_MAPPING = "name_mapping.csv"
@@ -164,7 +165,9 @@ def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
                 bad = np.setdiff1d(values[np.isfinite(values)], BRATS_LABELS)  # NaN is reported above
                 if bad.size:
                     shown = ", ".join(f"{v:g}" for v in bad[:8])
-                    problems.add(path, f"segmentation values {{{shown}}} outside {{0, 1, 2, 4}}")
+                    problems.add(
+                        path, f"segmentation values {{{shown}}} outside {{{', '.join(map(str, BRATS_LABELS))}}}"
+                    )
             elif not data.any():
                 problems.add(path, "all voxels are zero")
             del data

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medflow.errors import InputError
-from medflow.ingest.brats import MODALITIES
+from medflow.ingest.brats import BRATS_LABELS, MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,11 @@ def to_zyx(data_xyz: np.ndarray) -> np.ndarray:
 def to_stored_label(seg: np.ndarray, path: str | os.PathLike = "segmentation") -> np.ndarray:
     """BraTS labels {0, 1, 2, 4} -> stored uint8 {0, 1, 2, 3} (4 becomes 3); anything else -> InputError."""
     seg = np.asarray(seg)
-    bad = np.setdiff1d(np.unique(seg), (0, 1, 2, 4))
+    bad = np.setdiff1d(np.unique(seg), BRATS_LABELS)
     if bad.size:
-        raise InputError(path, f"segmentation values {bad.tolist()[:8]} outside {{0, 1, 2, 4}}")
+        raise InputError(
+            path, f"segmentation values {bad.tolist()[:8]} outside {{{', '.join(map(str, BRATS_LABELS))}}}"
+        )
     out = seg.astype(np.uint8)
     out[out == 4] = 3
     return out

@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 
 from medflow import io
+from medflow.ingest.mrnet import PLANES, TASKS
 
-TASKS = ("abnormal", "acl", "meniscus")
-PLANES = ("axial", "coronal", "sagittal")
 SPLITS = ("train", "valid")
 SIZE = 256  # in-plane size of the public arrays
 RENDER = 128  # phantoms are drawn at this size and interpolated to SIZE (MRI is interpolated too)
