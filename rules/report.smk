@@ -5,9 +5,14 @@
 report: "../workflow/report/workflow.rst"
 
 
+# The PNGs each pipeline registers as final outputs (MRNet's per-task ROC, RSNA's EDA) appear in its section.
+REPORT_PLOTS = {p: [str(f) for f in FINAL_OUTPUTS[p] if str(f).endswith(".png")] for p in FINAL_METRICS}
+
+
 rule report:
     input:
         metrics=list(FINAL_METRICS.values()),
+        plots=[f for files in REPORT_PLOTS.values() for f in files],
         store=ancient(MLFLOW_STORE),
     output:
         html=report(f"{RESULTS}/report/report.html", category="Summary"),
@@ -18,6 +23,7 @@ rule report:
         "../envs/medflow.yaml"
     params:
         pipelines=list(FINAL_METRICS),
+        plots=REPORT_PLOTS,
         config=config,
         mlflow_ui=config["report"]["mlflow_ui"],
     script:

@@ -118,3 +118,17 @@ def test_headline_rows_format():
     }
     assert report.headline_rows(entry) == [("auc", "0.500", "[0.250, 0.750]", "7"), ("dice_et", "n/a", "n/a", "0")]
     assert report.headline_rows({"headline": {}, "problem": None}) == [("empty headline block", "n/a", "n/a", "n/a")]
+
+
+def test_registered_plots_outside_the_metrics_folder_are_shown(tmp_path, store):
+    # MRNet's metrics file is the summary's; its per-task ROC curves lie elsewhere and are registered.
+    summary, roc = tmp_path / "mrnet" / "summary", tmp_path / "mrnet" / "evaluate" / "acl" / "roc.png"
+    io.write_json(summary / "metrics.json", {"headline": {"acl_auc": _entry(0.9, 0.8, 0.95, 40)}})
+    roc.parent.mkdir(parents=True)
+    plt.figure().savefig(roc)
+    files = {"mrnet": str(summary / "metrics.json")}
+    report.write_report(files, tmp_path / "r.html", tmp_path / "r.md", {}, "abc", store, plots={"mrnet": [str(roc)]})
+    assert "](mrnet/evaluate/acl/roc.png)" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64") == 1
+    _, md = _write(tmp_path, files, store)  # not registered: not found
+    assert "roc.png" not in md

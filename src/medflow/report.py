@@ -7,7 +7,7 @@ import base64
 import html
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +68,24 @@ def mlflow_runs(uri: str, ui: str) -> list[dict[str, str]]:
     return rows
 
 
-def collect(metrics_files: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def collect(
+    metrics_files: Mapping[str, str], plots: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, dict[str, Any]]:
     """pipeline -> {"headline": block or None, "problem": why there is none, "dir": folder, "plots": [pngs]}.
 
     Only the ``headline`` block of each metrics file is read (``medflow.evaluation.headline``); a file
-    without one is reported, not fatal. Plots are the PNGs beside it and one folder down (overlays/, eda/,
-    <task>/), not the per-fold training curves deeper in."""
+    without one is reported, not fatal. Plots are the pipeline's registered PNGs (``plots``: what its rules
+    file registers as final outputs) and the PNGs beside its metrics file and one folder down (overlays/)."""
     out = {}
     for pipeline, path in metrics_files.items():
         folder = Path(path).parent
-        plots = sorted(str(p) for p in [*folder.glob("*.png"), *folder.glob("*/*.png")])
+        found = [*(plots or {}).get(pipeline, ()), *folder.glob("*.png"), *folder.glob("*/*.png")]
+        plots_ = sorted({str(p) for p in found})
         try:
             block, problem = read_headline(path), None
         except InputError as exc:
             block, problem = None, exc.problem
-        out[pipeline] = {"headline": block, "problem": problem, "dir": str(folder), "plots": plots}
+        out[pipeline] = {"headline": block, "problem": problem, "dir": str(folder), "plots": plots_}
     return out
 
 
@@ -95,10 +98,11 @@ def write_report(
     tracking_uri: str,
     mlflow_ui: str = "http://127.0.0.1:5000",
     max_plots: int = 12,
+    plots: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     from medflow import io
 
-    data = collect(metrics_files)
+    data = collect(metrics_files, plots)
     try:
         runs = mlflow_runs(tracking_uri, mlflow_ui)
     except Exception as exc:  # a remote server that is down must not lose the report

@@ -11,5 +11,6 @@ report.write_report(
     commit=tracking.git_commit(),
     tracking_uri=tracking.current_uri(),
     mlflow_ui=snakemake.params.mlflow_ui,
+    plots=snakemake.params.plots,
 )
 log.info("report for %s written to %s", ", ".join(files), snakemake.output.html)
