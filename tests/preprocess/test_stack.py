@@ -1,4 +1,4 @@
-"""HDF5 stacking: axis order, label mapping, attributes, chunking and atomic writes."""
+"""HDF5 stacking: axis order, label mapping, attributes, chunking and atomic writes; reading a stack back."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from medflow.errors import InputError
 from medflow.ingest.brats import MODALITIES
 from medflow.params import from_config
-from medflow.preprocess.stack import StackParams, stack_case, to_stored_label
+from medflow.preprocess.stack import StackParams, read_stack, stack_case, to_stored_label
 
 SHAPE_XYZ = (10, 12, 9)
 KEPT = (2, 8)
@@ -200,3 +200,35 @@ def test_compression_options():
         StackParams(compression="zstd").h5_kwargs((2, 2, 2))
     p = from_config(StackParams, {"chunk_zyx": [8, 8, 8], "compression": "lzf"})
     assert p == StackParams(chunk_zyx=[8, 8, 8], compression="lzf", compression_level=4)
+
+
+# --- read_stack ---------------------------------------------------------------------------------
+
+
+def test_read_stack(case_files, tmp_path):
+    """What the later stages get back from a stack_case file: the volume, the stored label and the geometry."""
+    mods, seg_path, seg = case_files
+    path = tmp_path / f"{CASE}.h5"
+    stack_case(CASE, mods, seg_path, KEPT, path, StackParams())
+    s = read_stack(path)
+    assert s.case_id == CASE
+    assert s.image.dtype == np.float32 and s.image.shape == (4, KEPT[1] - KEPT[0], 12, 10)
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(s.image, f["image"][()])
+    assert s.label.dtype == np.uint8 and s.label.shape == s.image.shape[1:] and s.label.max() == 3
+    np.testing.assert_array_equal(s.label, np.where(seg == 4, 3, seg).transpose(2, 1, 0)[KEPT[0] : KEPT[1]])
+    assert s.original_shape_zyx == (9, 12, 10) and s.kept_z_range == KEPT
+    np.testing.assert_allclose(s.spacing_zyx, (1.5, 1.1, 0.9), rtol=1e-6)
+    assert s.affine.shape == (4, 4) and np.allclose(s.affine, AFFINE)
+    assert read_stack(path, with_label=False).label is None
+
+
+def test_stack_with_a_raw_label_4_is_refused(case_files, tmp_path):
+    mods, seg_path, _ = case_files
+    path = tmp_path / "case.h5"
+    stack_case(CASE, mods, seg_path, KEPT, path, StackParams())
+    with h5py.File(path, "r+") as f:
+        label = f["label"][()]
+        f["label"][...] = np.where(label == 3, 4, label)  # not converted to the stored 3
+    with pytest.raises(InputError, match="case.h5: 'label' holds values \\[4\\]"):
+        read_stack(path)

@@ -1,4 +1,4 @@
-"""Reading patch and stacked-case HDF5 files, and refusing malformed ones with one clear message."""
+"""Reading patch HDF5 files, and refusing malformed ones with one clear message (stacks: tests/preprocess)."""
 
 import h5py
 import numpy as np
@@ -7,9 +7,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from medflow.errors import InputError
-from medflow.preprocess.stack import read_stack
 from medflow.segmentation.data import PatchDataset, by_case
-from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, PATCH, make_case, write_stack
+from tests.segmentation.fakes import PATCH
 
 
 def test_patch_dataset_streams_every_patch(dataset):
@@ -37,25 +36,6 @@ def test_malformed_patch_file_names_the_file(tmp_path):
     not_h5.write_text("hello")
     with pytest.raises(InputError, match="text.h5: cannot open as HDF5"):
         PatchDataset([not_h5])
-
-
-def test_read_stack(dataset):
-    case = dataset["splits"]["test"][0]
-    s = read_stack(dataset["stacks"][case])
-    assert s.case_id == case
-    assert s.image.shape == (4, KEPT[1] - KEPT[0], *ORIGINAL_ZYX[1:])
-    assert s.label.shape == s.image.shape[1:] and s.label.max() == 3
-    assert s.original_shape_zyx == ORIGINAL_ZYX and s.kept_z_range == KEPT
-    assert s.affine.shape == (4, 4)
-
-
-def test_stack_with_a_raw_label_4_is_refused(tmp_path):
-    image, label = make_case(0)
-    label[label == 3] = 4  # not converted to the stored 3
-    path = tmp_path / "case.h5"
-    write_stack(path, "BraTS20_Training_001", image, label)
-    with pytest.raises(InputError, match="case.h5: 'label' holds values \\[4\\]"):
-        read_stack(path)
 
 
 def test_by_case_keys_per_case_files_by_their_stem():
