@@ -1,14 +1,18 @@
 # The MLflow tracking store, created once before any training or evaluation job starts.
 
 
+# Runs in the Snakemake process itself, never on a cluster node.
+localrules:
+    mlflow_store,
+
+
 rule mlflow_store:
+    """Create the tracking store and every experiment once, before any job runs: parallel jobs
+    that open a not-yet-created sqlite store at once corrupt it."""
     output:
         MLFLOW_STORE,
     log:
         f"{LOGS}/mlflow_store.log",
-    """Create the tracking store and every experiment once, before any job runs: parallel jobs
-    that open a not-yet-created sqlite store at once corrupt it."""
-    localrule: True
     conda:
         "../envs/medflow.yaml"
     params:
