@@ -13,6 +13,7 @@ import pytest
 from medflow.errors import InputError
 from medflow.ingest import brats
 from medflow.synthetic import brats as sb
+from tests.ingest.problems import assert_reported
 
 CFG = {
     "n_cases": 4,
@@ -185,15 +186,6 @@ def test_manifest_from_headers_keeps_going_past_a_broken_case(raw, tmp_path):
     assert row.loc["BraTS20_Training_004", "shape_xyz"] == ""
 
 
-def _assert_reported(err, expected):
-    """``err`` reports exactly ``expected`` [(path, words in its problem)], one line each, then the count."""
-    lines = str(err).splitlines()
-    assert lines[-1] == f"{len(expected)} problems in the input; nothing was written"
-    assert len(lines) == len(expected) + 1, lines
-    for (path, words), e, line in zip(expected, err.errors, lines):
-        assert e.path == str(path) and words in e.problem and line == f"{path}: {e.problem}", line
-
-
 def test_every_problem_of_a_case_is_reported_at_once(raw):
     _nan(raw)
     _shape(raw)
@@ -202,7 +194,7 @@ def test_every_problem_of_a_case_is_reported_at_once(raw):
     rewrite(raw, "seg", seg)
     with pytest.raises(InputError) as exc:
         brats.validate_case(raw, CASE)
-    _assert_reported(
+    assert_reported(
         exc.value,
         [
             (path(raw, "flair"), "contains NaN"),
@@ -218,7 +210,7 @@ def test_an_unreadable_flair_does_not_hide_the_other_files(raw):
     rewrite(raw, "t2", np.ones((32, 32, 20), np.int16))
     with pytest.raises(InputError) as exc:
         brats.validate_case(raw, CASE)
-    _assert_reported(
+    assert_reported(
         exc.value,
         [
             (path(raw, "seg"), "missing segmentation"),
@@ -241,9 +233,9 @@ def test_every_missing_or_bad_mapping_row_is_reported_before_anything_is_written
     ]
     with pytest.raises(InputError) as exc:
         brats.write_split(raw, cases, {"train": 0.5, "test": 0.5}, 0, tmp_path / "split.csv")
-    _assert_reported(exc.value, expected)
+    assert_reported(exc.value, expected)
     shutil.rmtree(raw / cases[2])
     with pytest.raises(InputError) as exc:
         brats.write_manifest(raw, cases, tmp_path / "manifest.csv")
-    _assert_reported(exc.value, expected + [(raw / cases[2], "case folder not found")])
+    assert_reported(exc.value, expected + [(raw / cases[2], "case folder not found")])
     assert not (tmp_path / "split.csv").exists() and not (tmp_path / "manifest.csv").exists()

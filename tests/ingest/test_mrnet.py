@@ -5,6 +5,7 @@ import pytest
 
 from medflow.errors import InputError
 from medflow.ingest import mrnet
+from tests.ingest.problems import assert_reported
 
 PLANES = ("axial", "coronal", "sagittal")
 TASKS = ("abnormal", "acl", "meniscus")
@@ -154,15 +155,6 @@ def _replace(path, old, new):
     path.write_text(text.replace(old, new))
 
 
-def _assert_reported(err, expected):
-    """``err`` reports exactly ``expected`` [(path, words in its problem)], one line each, then the count."""
-    lines = str(err).splitlines()
-    assert lines[-1] == f"{len(expected)} problems in the input; nothing was written"
-    assert len(lines) == len(expected) + 1, lines
-    for (path, words), e, line in zip(expected, err.errors, lines):
-        assert e.path == str(path) and words in e.problem and line == f"{path}: {e.problem}", line
-
-
 def test_every_bad_input_is_reported_in_one_run(download, tmp_path):
     root, _ = download
     np.save(root / "train/axial/0002.npy", np.zeros((3, 256, 256), np.float32))
@@ -170,7 +162,7 @@ def test_every_bad_input_is_reported_in_one_run(download, tmp_path):
     _replace(root / "valid-meniscus.csv", "0014,0", "0014,2")
     with pytest.raises(InputError) as err:
         _ingest(root, tmp_path)
-    _assert_reported(
+    assert_reported(
         err.value,
         [
             (root / "train/axial/0002.npy", "dtype float32, expected uint8"),
@@ -190,7 +182,7 @@ def test_a_broken_csv_or_folder_is_one_problem_not_one_per_exam(download, tmp_pa
     _drop_line(root / "train-acl.csv", "0007")
     with pytest.raises(InputError) as err:
         _ingest(root, tmp_path)
-    _assert_reported(
+    assert_reported(
         err.value,
         [
             (root / "train-acl.csv", "no row for exam 0006 (listed in train-abnormal.csv)"),
@@ -206,4 +198,4 @@ def test_wrong_dtype_and_wrong_shape_of_one_array_are_two_problems(tmp_path):
     np.save(p, np.zeros((3, 256, 128), np.float64))
     with pytest.raises(InputError) as err:
         mrnet.check_npy(p)
-    _assert_reported(err.value, [(p, "dtype float64"), (p, "slices of 256x128")])
+    assert_reported(err.value, [(p, "dtype float64"), (p, "slices of 256x128")])
