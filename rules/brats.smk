@@ -1,4 +1,4 @@
-# BraTS 2020 preprocessing, shared by the segmentation and grade pipelines:
+# BraTS preprocessing (any release: BRATS_RELEASE, rules/common.smk), shared by the segmentation and grade pipelines:
 # ingest -> validate -> N4 -> trim -> stack (HDF5) -> patches.
 
 # >>> brats_prep
@@ -24,13 +24,14 @@ BRATS_PATCHES = f"{BRATS}/patches/{{case}}.h5"
 BRATS_N4_PARAMS = {f.name: config["brats"]["n4"][f.name] for f in fields(N4Params)}
 BRATS_N4_CASE = expand(BRATS_N4, modality=BRATS_MODALITIES, allow_missing=True)  # one case's four outputs
 # {kind: path} of a case's raw files (as found on disk in a download: .nii[.gz], case 355's seg name)
-brats_raw = lambda case: _brats_raw_files(raw_dir("brats"), case, synthetic())
+brats_raw = lambda case: _brats_raw_files(raw_dir("brats"), case, synthetic(), release=BRATS_RELEASE)
 
 
 rule brats_ingest:
-    """Split (id,split,grade: by patient, stratified by grade) and manifest of every case."""
+    """Split (id,split,grade,patient: by patient, stratified by grade where the release has grades) and
+    manifest of every case."""
     input:
-        mapping=lambda wc: f"{raw_dir('brats')}/name_mapping.csv",
+        mapping=lambda wc: [f"{raw_dir('brats')}/{BRATS_RELEASE.grade_file}"] if BRATS_RELEASE.has_grades else [],
         volumes=lambda wc: [p for c in brats_cases() for p in brats_raw(c).values()],
     output:
         split=BRATS_SPLIT,
@@ -43,6 +44,7 @@ rule brats_ingest:
         raw=lambda wc: raw_dir("brats"),
         cases=lambda wc: brats_cases(),
         fractions=config["brats"]["ingest"]["split"],
+        release=BRATS_RELEASE.name,
         seed=config["seed"],
     script:
         "../workflow/scripts/brats_ingest.py"
@@ -60,6 +62,7 @@ rule brats_validate:
         "../envs/medflow.yaml"
     params:
         raw=lambda wc: raw_dir("brats"),
+        release=BRATS_RELEASE.name,
     script:
         "../workflow/scripts/brats_validate.py"
 
@@ -125,7 +128,7 @@ rule brats_trim:
 
 
 rule brats_stack:
-    """One HDF5 per case: image (4, Z, Y, X) float32, label (Z, Y, X) uint8 (4 stored as 3), geometry."""
+    """One HDF5 per case: image (4, Z, Y, X) float32, label (Z, Y, X) uint8 (stored labels), geometry."""
     input:
         images=BRATS_N4_CASE,
         seg=lambda wc: brats_raw(wc.case).get("seg", []),
@@ -141,6 +144,7 @@ rule brats_stack:
         "../envs/medflow.yaml"
     params:
         stack=config["brats"]["stack"],
+        release=BRATS_RELEASE.name,
     script:
         "../workflow/scripts/brats_stack.py"
 

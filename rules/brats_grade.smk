@@ -4,6 +4,14 @@
 BRATS_GRADE = f"{BRATS}/grade"
 BRATS_GRADE_CFG = config["brats"]["grade"]
 
+# Grades exist only where the release ships a grade file (2020's name_mapping.csv): say so at start-up.
+if is_activated("brats_grade") and not BRATS_RELEASE.has_grades:
+    raise ValueError(
+        f"pipelines.brats_grade needs LGG/HGG grades, and BraTS {BRATS_RELEASE.name} has no grade file "
+        f"(brats.release): set pipelines.brats_grade: false, or use a release with grades "
+        f"({', '.join(r.name for r in releases.RELEASES.values() if r.has_grades)})"
+    )
+
 
 rule brats_grade_slices:
     """Tumour slices of every case (all, or top-k by area), standardised per channel, in one HDF5."""

@@ -1,4 +1,5 @@
 # Everything that is not a rule: config validation, paths, case discovery, input functions.
+import functools
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 # Importing medflow sets OMP_WAIT_POLICY (medflow/__init__.py) for this process and every job it starts.
 from medflow import tracking  # noqa: E402
+from medflow.ingest import releases  # noqa: E402
 from medflow.ingest.brats import MODALITIES  # noqa: E402
 from medflow.ingest.mrnet import PLANES, TASKS  # noqa: E402
 
@@ -25,9 +27,18 @@ BENCH = f"{RESULTS}/benchmarks"
 os.environ.update(MLFLOW_TRACKING_URI=tracking.resolve_uri(config["mlflow"]["tracking_uri"], RESULTS))
 MLFLOW_STORE = f"{RESULTS}/mlflow/store.json"
 
+# The BraTS release of the download (config brats.release): the one place the workflow learns the
+# layout; every BraTS stage asks this object (medflow/ingest/releases.py), none names a release.
+BRATS_RELEASE = releases.get(str(config["brats"]["release"]))
+if config["synthetic"]["enabled"] and str(config["synthetic"]["brats"].get("release", "2020")) != BRATS_RELEASE.name:
+    raise ValueError(
+        f"synthetic.brats.release {config['synthetic']['brats'].get('release', '2020')!r} differs from brats.release "
+        f"{BRATS_RELEASE.name!r}: set both to the release the demo should write and read"
+    )
+
 
 wildcard_constraints:
-    case=r"BraTS20_Training_\d+",
+    case=BRATS_RELEASE.case_pattern,
     modality="|".join(MODALITIES),
     task="|".join(TASKS),
     plane="|".join(PLANES),
@@ -46,7 +57,7 @@ def synthetic():
 # Where each data set's raw download lies: the synthetic copy under results/synthetic when the demo is on
 # (it never writes into a user's download), the user's folder otherwise.
 RAW_SUBDIR = {
-    "brats": "MICCAI_BraTS2020_TrainingData",
+    "brats": BRATS_RELEASE.raw_subdir,
     "mrnet": "MRNet-v1.0",
     "rsna": "rsna-pneumonia-detection-challenge",
     "oct": "OCT2017",
@@ -59,8 +70,10 @@ def raw_dir(dataset):
     return config[dataset]["raw_dir"]
 
 
+@functools.cache
 def brats_cases():
-    """BraTS case ids (BraTS20_Training_NNN), known before any job runs so rules can fan out per case."""
+    """BraTS case ids of the release, known before any job runs so rules can fan out per case (cached: input
+    functions ask for them again and again while the DAG is built)."""
     if synthetic():
         from medflow.synthetic.brats import case_ids
 
@@ -68,7 +81,7 @@ def brats_cases():
     else:
         from medflow.ingest.brats import discover_cases
 
-        cases = discover_cases(raw_dir("brats"))
+        cases = discover_cases(raw_dir("brats"), release=BRATS_RELEASE)
     excluded = set(config["brats"]["ingest"]["exclude_cases"])
     return [c for c in cases if c not in excluded]
 

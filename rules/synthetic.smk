@@ -3,17 +3,13 @@
 
 # >>> synthetic_brats
 if synthetic():
-    from medflow.synthetic.brats import case_ids as synthetic_brats_case_ids
+    from medflow.synthetic.brats import expected_outputs as synthetic_brats_outputs
 
     rule synthetic_brats:
-        """BraTS 2020 training download: BraTS20_Training_NNN/*_{flair,t1,t1ce,t2,seg}.nii, name_mapping.csv."""
+        """BraTS training download of the configured release (BRATS_RELEASE): case folders, the five NIfTI
+        files of each in the release's names and labels, and the grade file where the release has one."""
         output:
-            mapping=f"{raw_dir('brats')}/name_mapping.csv",
-            volumes=[
-                f"{raw_dir('brats')}/{case}/{case}_{kind}.nii"
-                for case in synthetic_brats_case_ids(config["synthetic"]["brats"])
-                for kind in (*MODALITIES, "seg")
-            ],
+            synthetic_brats_outputs(config["synthetic"]["brats"], raw_dir("brats")),
         log:
             f"{LOGS}/synthetic_brats.log",
         benchmark:
@@ -22,6 +18,7 @@ if synthetic():
             "../envs/medflow.yaml"
         params:
             cfg=config["synthetic"]["brats"],
+            raw=raw_dir("brats"),
             seed=config["seed"],
         script:
             "../workflow/scripts/synthetic_brats.py"

@@ -150,8 +150,9 @@ def test_split_by_patient_stratified_by_grade(tmp_path):
     pd.DataFrame({"Grade": grades, "BraTS_2020_subject_ID": cases}).to_csv(root / "name_mapping.csv", index=False)
     fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
     df = brats.write_split(root, cases, fractions, seed=42, out_csv=tmp_path / "split.csv")
-    assert list(pd.read_csv(tmp_path / "split.csv").columns) == ["id", "split", "grade"]
+    assert list(pd.read_csv(tmp_path / "split.csv").columns) == ["id", "split", "grade", "patient"]
     assert sorted(df["id"]) == cases and df["id"].is_unique
+    assert (df["patient"] == df["id"]).all(), "2020: one case per patient"
     counts = df.groupby(["split", "grade"]).size().to_dict()
     assert counts == {
         ("test", "HGG"): 2,
@@ -164,6 +165,26 @@ def test_split_by_patient_stratified_by_grade(tmp_path):
     assert dict(zip(df["id"], df["grade"])) == dict(zip(cases, grades))
     again = brats.write_split(root, cases[::-1], fractions, seed=42, out_csv=tmp_path / "again.csv")
     assert again.equals(df)
+
+
+# The 2020 split as written before splits were drawn per patient (one case per patient in 2020), for seeds
+# 0, 7 and 42: the second letter of each case's split in id order (r train, a val, e test).
+SPLIT_2020_BEFORE_RELEASES = {
+    0: "rerarrrrraearrrrarererrarrrrr",
+    7: "aarrrrrrraeerrrrrerrreaarrrrr",
+    42: "rrrrrraearrraarrerearrrrrrrre",
+}
+
+
+def test_2020_split_is_unchanged_by_the_split_per_patient(tmp_path):
+    # Irregular ids and an unbalanced grade mix, like a real download.
+    cases = [f"BraTS20_Training_{i:03d}" for i in range(1, 370, 13)]
+    grades = ["LGG" if i % 3 == 0 else "HGG" for i in range(len(cases))]
+    pd.DataFrame({"BraTS_2020_subject_ID": cases, "Grade": grades}).to_csv(tmp_path / "name_mapping.csv", index=False)
+    for seed, expected in SPLIT_2020_BEFORE_RELEASES.items():
+        df = brats.write_split(tmp_path, cases, {"train": 0.7, "val": 0.15, "test": 0.15}, seed, tmp_path / "s.csv")
+        assert list(df["id"]) == cases
+        assert "".join(s[1] for s in df["split"]) == expected, seed
 
 
 def test_missing_name_mapping_row_names_the_csv(raw, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import h5py
 import nibabel as nib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from medflow.errors import InputError
+from medflow.ingest import releases
 from medflow.ingest.brats import MODALITIES
 from medflow.params import from_config
 from medflow.preprocess.stack import StackParams, read_stack, stack_case, to_stored_label
@@ -41,11 +43,31 @@ def test_label_mapping_stores_4_as_3():
     seg = np.array([0, 1, 2, 4, 4, 0])
     out = to_stored_label(seg)
     assert out.dtype == np.uint8 and out.tolist() == [0, 1, 2, 3, 3, 0]
-    with pytest.raises(InputError, match=r"^seg.nii: segmentation values \[3\] outside \{0, 1, 2, 4\}$"):
+    with pytest.raises(
+        InputError, match=r"^seg.nii: segmentation values \{3\} outside the BraTS 2020 label set \{0, 1, 2, 4\}$"
+    ):
         to_stored_label(np.array([0, 3]), "seg.nii")
     # At most eight of the bad values are listed; without a path the message says "segmentation".
-    with pytest.raises(InputError, match=r"^segmentation: segmentation values \[3, 5, 6, 7, 8, 9, 10, 11\] outside"):
+    with pytest.raises(InputError, match=r"^segmentation: segmentation values \{3, 5, 6, 7, 8, 9, 10, 11\} outside"):
         to_stored_label(np.array([0, 3, 5, 6, 7, 8, 9, 10, 11, 12]))
+
+
+def test_label_mapping_follows_the_release():
+    """2021 shares 2020's labels; 2023-GLI's are already the stored ones, and its 4 is an error."""
+    raw_2020 = np.array([[0, 1], [2, 4]], np.uint8)
+    stored = to_stored_label(raw_2020)
+    assert stored.tolist() == [[0, 1], [2, 3]] and stored.dtype == np.uint8
+    np.testing.assert_array_equal(to_stored_label(raw_2020, release=releases.get("2021")), stored)
+    gli = to_stored_label(np.array([[0, 1], [2, 3]], np.int16), release=releases.get("2023-gli"))
+    assert gli.dtype == np.uint8 and gli.shape == (2, 2)
+    np.testing.assert_array_equal(gli, stored)
+    with pytest.raises(
+        InputError,
+        match=r"^gli_seg.nii.gz: segmentation values \{4\} outside the BraTS 2023-gli label set \{0, 1, 2, 3\}$",
+    ):
+        to_stored_label(raw_2020, "gli_seg.nii.gz", release=releases.get("2023-gli"))
+    with pytest.raises(InputError, match=r"^s.nii.gz: segmentation values \{3\} outside the BraTS 2021 label set"):
+        to_stored_label(np.array([0, 3]), "s.nii.gz", release=releases.get("2021"))
 
 
 def test_stack_layout_axes_and_attributes(case_files, tmp_path, caplog):
@@ -105,8 +127,46 @@ def test_labels_outside_the_kept_range_are_refused(case_files, nifti, tmp_path, 
 def test_bad_label_value_names_the_segmentation(case_files, nifti, tmp_path):
     mods, _, seg = case_files
     bad = nifti("bad_values_seg.nii", np.where(seg == 1, 3, seg).astype(np.uint8), affine=AFFINE)
-    with pytest.raises(InputError, match=r"bad_values_seg.nii: segmentation values \[3\]"):
+    with pytest.raises(InputError) as err:
         stack_case(CASE, mods, bad, KEPT, tmp_path / "v.h5", StackParams())
+    assert str(err.value) == f"{bad}: segmentation values {{3}} outside the BraTS 2020 label set {{0, 1, 2, 4}}"
+    assert list(tmp_path.glob("*.h5")) == []
+
+
+def _stacked(path):
+    with h5py.File(path) as f:
+        return f["image"][()], f["label"][()], dict(f.attrs)
+
+
+@pytest.mark.parametrize(
+    "name, raw",
+    [("2021", lambda seg: seg), ("2023-gli", lambda seg: np.where(seg == 4, 3, seg).astype(np.uint8))],
+)
+def test_other_releases_stack_to_the_same_stored_labels(case_files, nifti, tmp_path, name, raw):
+    """The same tumour in another release's labels gives the 2020 stack, voxel for voxel; only the
+    recorded release differs."""
+    mods, seg_path, seg = case_files
+    other = nifti(f"{name}_seg.nii.gz", raw(seg), affine=AFFINE)
+    stack_case(CASE, mods, seg_path, KEPT, tmp_path / "2020.h5", StackParams())
+    stack_case(CASE, mods, other, KEPT, tmp_path / "other.h5", StackParams(), release=releases.get(name))
+    image, label, attrs = _stacked(tmp_path / "2020.h5")
+    image_o, label_o, attrs_o = _stacked(tmp_path / "other.h5")
+    assert sorted(np.unique(label_o).tolist()) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(label_o, label)
+    np.testing.assert_array_equal(image_o, image)
+    assert attrs["release"] == "2020" and attrs_o["release"] == name
+    assert read_stack(tmp_path / "other.h5").release == name
+
+
+def test_2023_gli_segmentation_holding_a_4_is_refused(case_files, nifti, tmp_path):
+    """A 2020-style segmentation given as 2023-GLI (a mislabelled download or a wrong config) stops the case."""
+    mods, seg_path, _ = case_files
+    with pytest.raises(InputError) as err:
+        stack_case(CASE, mods, seg_path, KEPT, tmp_path / "g.h5", StackParams(), release=releases.get("2023-gli"))
+    assert (
+        str(err.value) == f"{seg_path}: segmentation values {{4}} outside the BraTS 2023-gli label set {{0, 1, 2, 3}}"
+    )
+    assert list(tmp_path.glob("*.h5")) == [], "nothing half-written"
 
 
 def test_mismatched_segmentation_leaves_nothing(case_files, nifti, tmp_path):
@@ -221,6 +281,24 @@ def test_read_stack(case_files, tmp_path):
     np.testing.assert_allclose(s.spacing_zyx, (1.5, 1.1, 0.9), rtol=1e-6)
     assert s.affine.shape == (4, 4) and np.allclose(s.affine, AFFINE)
     assert read_stack(path, with_label=False).label is None
+    assert s.release == "2020"
+
+
+def test_read_stack_release_attribute(case_files, tmp_path):
+    """Stacks written before the release was recorded read as 2020; an unknown name is refused."""
+    mods, seg_path, _ = case_files
+    path = tmp_path / "old.h5"
+    stack_case(CASE, mods, seg_path, KEPT, path, StackParams(), release=releases.get("2021"))
+    assert read_stack(path).release == "2021"
+    with h5py.File(path, "r+") as f:
+        del f.attrs["release"]
+    assert read_stack(path).release == "2020"
+    with h5py.File(path, "r+") as f:
+        f.attrs["release"] = "2019"
+    with pytest.raises(
+        InputError, match=rf"^{re.escape(str(path))}: attribute 'release' names an unknown BraTS release '2019'$"
+    ):
+        read_stack(path)
 
 
 def test_stack_with_a_raw_label_4_is_refused(case_files, tmp_path):

@@ -1,4 +1,5 @@
 from medflow import io
+from medflow.ingest import releases
 from medflow.jobs import start
 from medflow.params import from_config
 from medflow.preprocess.stack import MODALITIES, StackParams, stack_case
@@ -15,4 +16,5 @@ stack_case(
     from_config(StackParams, snakemake.params.stack),
     affine=valid["affine"],
     source_files=[valid["source_files"][k] for k in (*MODALITIES, "seg")],
+    release=releases.get(snakemake.params.release),
 )

@@ -1,7 +1,9 @@
-"""BraTS 2020 raw layout: case discovery, per-case validation, the split and the manifest.
+"""BraTS raw layouts: case discovery, per-case validation, the split and the manifest.
 
-The same code reads the synthetic copy and a real download (``MICCAI_BraTS2020_TrainingData``):
+The same code reads the synthetic copy and a real download of any release in
+:mod:`medflow.ingest.releases` (config ``brats.release``), e.g. 2020's ``MICCAI_BraTS2020_TrainingData``:
 ``BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii[.gz]`` plus ``name_mapping.csv``.
+Every function takes the release as keyword ``release`` (default: 2020) and asks it for names and labels.
 NIfTI arrays are indexed (i, j, k) = (X, Y, Z) on disk; the stages after ingest work in (Z, Y, X).
 """
 
@@ -9,44 +11,55 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from medflow.errors import InputError, Problems
-from medflow.segmentation import regions
+from medflow.ingest import releases
+from medflow.ingest.releases import KINDS as KINDS
+from medflow.ingest.releases import MODALITIES as MODALITIES
+from medflow.ingest.releases import Release
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
-KINDS = (*MODALITIES, "seg")
-BRATS_LABELS = (0, *regions.BRATS_LABELS)  # background and the tumour labels of the one label map
-CASE_RE = re.compile(r"BraTS20_Training_\d+")
+DEFAULT_RELEASE = releases.get("2020")  # what callers that name no release get
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-NAME_MAPPING = "name_mapping.csv"
-MAPPING_ID_COL = "BraTS_2020_subject_ID"
 GRADES = ("HGG", "LGG")
 AFFINE_ATOL = 1e-3  # mm; real BraTS affines are identical across modalities of a case
 
 
-def discover_cases(raw_dir: str | os.PathLike) -> list[str]:
-    """Sorted case ids: the ``BraTS20_Training_NNN`` folders directly under ``raw_dir``."""
+def discover_cases(raw_dir: str | os.PathLike, *, release: Release = DEFAULT_RELEASE) -> list[str]:
+    """Sorted case ids: the folders directly under ``raw_dir`` whose name matches ``release.case_pattern``."""
     if not str(raw_dir):
-        raise InputError("brats.raw_dir", "is empty: set it to your MICCAI_BraTS2020_TrainingData folder")
+        raise InputError("brats.raw_dir", f"is empty: set it to your {release.raw_subdir} folder")
     root = Path(raw_dir)
     if not root.is_dir():
         raise InputError(root, "BraTS raw folder not found (brats.raw_dir)")
-    cases = sorted(p.name for p in root.iterdir() if p.is_dir() and CASE_RE.fullmatch(p.name))
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    cases = [name for name in folders if release.case_re.fullmatch(name)]
     if not cases:
-        raise InputError(root, "no BraTS20_Training_NNN case folders found")
+        looked = f"no case folders match {release.case_pattern} (the {release.name} layout; brats.release)"
+        raise InputError(root, f"{looked}; {_found_instead(folders)}")
     return cases
 
 
-def expected_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
-    """{kind: path} with the public names (``.nii``): what the synthetic copy writes."""
-    return {k: str(Path(raw_dir) / case / f"{case}_{k}.nii") for k in KINDS}
+def _found_instead(folders: Sequence[str]) -> str:
+    """What a folder without the configured release's cases holds: one folder name, preferably a case of
+    another release (named, so a wrong ``brats.release`` is plain to see)."""
+    if not folders:
+        return "it holds no folders"
+    for name in folders:
+        for other in releases.RELEASES.values():
+            if other.case_re.fullmatch(name):
+                return f"found e.g. {name} (the {other.name} layout)"
+    return f"found e.g. {folders[0]}"
+
+
+def expected_files(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> dict[str, str]:
+    """{kind: path} with the public names (``release.suffix``): what the synthetic copy writes."""
+    return {k: str(Path(raw_dir) / case / release.file_name(case, k)) for k in KINDS}
 
 
 def _nifti_files(case_dir: Path) -> list[Path]:
@@ -56,19 +69,20 @@ def _nifti_files(case_dir: Path) -> list[Path]:
         raise InputError(case_dir, "case folder not found") from None
 
 
-def case_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
+def case_files(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> dict[str, str]:
     """{kind: path} of the files found for one case; a kind that is not found is left out.
 
-    Modalities are ``<case>_<kind>.nii`` or ``.nii.gz``. The segmentation is ``<case>_seg.nii[.gz]``
-    or else the one other NIfTI file whose name contains "seg" (case 355 of the real download ships
-    it as ``W39_1998.09.19_Segm.nii``).
+    Each kind is the release's file name (``release.file_name``, e.g. ``<case>_flair`` in 2020,
+    ``<case>-t2f`` in 2023-GLI) with ``.nii`` or ``.nii.gz``. The segmentation is that or else the one
+    other NIfTI file whose name contains "seg" (case 355 of the 2020 download ships it as
+    ``W39_1998.09.19_Segm.nii``).
     """
     case_dir = Path(raw_dir) / case
     files = _nifti_files(case_dir)
     found: dict[str, str] = {}
     for kind in KINDS:
         for suffix in NIFTI_SUFFIXES:
-            p = case_dir / f"{case}_{kind}{suffix}"
+            p = case_dir / release.file_name(case, kind, suffix)
             if p in files:
                 found[kind] = str(p)
                 break
@@ -80,26 +94,34 @@ def case_files(raw_dir: str | os.PathLike, case: str) -> dict[str, str]:
     return found
 
 
-def raw_files(raw_dir: str | os.PathLike, case: str, synthetic: bool = False) -> dict[str, str]:
+def raw_files(
+    raw_dir: str | os.PathLike, case: str, synthetic: bool = False, *, release: Release = DEFAULT_RELEASE
+) -> dict[str, str]:
     """{kind: path} a case's jobs take as input: the public names in the synthetic copy (written by
     its own job, so not on disk yet when the DAG is built), the files found on disk in a download.
     A missing file is left out, so only that case's validation job fails, naming it."""
-    return expected_files(raw_dir, case) if synthetic else case_files(raw_dir, case)
+    if synthetic:
+        return expected_files(raw_dir, case, release=release)
+    return case_files(raw_dir, case, release=release)
 
 
-def public_name(path: str | os.PathLike, case: str) -> str:
-    """A raw file's name for derived tables and attributes: the public name when it follows the
-    ``<case>_<kind>`` pattern, a placeholder otherwise (a non-standard name may carry a date)."""
+def public_name(path: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> str:
+    """A raw file's name for derived tables and attributes: the public name when it is one of the
+    release's file names of ``case`` (``.nii`` or ``.nii.gz``), a placeholder otherwise (a non-standard
+    name may carry a date)."""
     name = Path(path).name
-    return name if name.startswith(f"{case}_") else "<non-standard file name>"
+    public = {release.file_name(case, k, s) for k in KINDS for s in NIFTI_SUFFIXES}
+    return name if name in public else "<non-standard file name>"
 
 
-def _require_files(raw_dir: str | os.PathLike, case: str, problems: Problems) -> dict[str, str]:
+def _require_files(
+    raw_dir: str | os.PathLike, case: str, problems: Problems, *, release: Release = DEFAULT_RELEASE
+) -> dict[str, str]:
     """The case's files; each kind not found is recorded in ``problems``."""
-    found = case_files(raw_dir, case)
+    found = case_files(raw_dir, case, release=release)
     for kind in KINDS:
         if kind not in found:
-            expected = Path(raw_dir) / case / f"{case}_{kind}.nii"
+            expected = Path(raw_dir) / case / release.file_name(case, kind)
             what = "segmentation" if kind == "seg" else f"{kind} modality"
             problems.add(expected, f"missing {what} (looked for .nii and .nii.gz)")
     return found
@@ -131,19 +153,19 @@ def load_nifti(path: str | os.PathLike, dtype=None):
     return img, data
 
 
-def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
+def validate_case(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> dict:
     """Check one case and describe it; every problem of its files is reported, together, as InputErrors
     naming the file (a single problem: one InputError).
 
     Checks: every modality and the segmentation present; each a readable, untruncated 3-D NIfTI;
     same shape and affine as flair (as the first readable file, if flair is not); no NaN/inf; no all-zero
-    modality; segmentation values within {0, 1, 2, 4}. Each file is read once. Returns ``{case_id,
-    shape_xyz, spacing_xyz, affine, files, source_files}`` (``files``: kind -> path; ``source_files``:
-    kind -> public file name).
+    modality; segmentation values within the release's label set (``release.label_values``, e.g.
+    {0, 1, 2, 4} in 2020). Each file is read once. Returns ``{case_id, shape_xyz, spacing_xyz, affine,
+    files, source_files}`` (``files``: kind -> path; ``source_files``: kind -> public file name).
     """
     ref_kind = ref_shape = ref_affine = ref_img = None
     with Problems() as problems:
-        files = _require_files(raw_dir, case, problems)
+        files = _require_files(raw_dir, case, problems, release=release)
         for kind in KINDS:
             if kind not in files:
                 continue
@@ -162,12 +184,8 @@ def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
                 problems.add(path, "contains NaN or infinite values")
             if kind == "seg":
                 values = np.unique(data)
-                bad = np.setdiff1d(values[np.isfinite(values)], BRATS_LABELS)  # NaN is reported above
-                if bad.size:
-                    shown = ", ".join(f"{v:g}" for v in bad[:8])
-                    problems.add(
-                        path, f"segmentation values {{{shown}}} outside {{{', '.join(map(str, BRATS_LABELS))}}}"
-                    )
+                # The release's own check words the message; NaN is reported above.
+                problems.check(release.to_stored, values[np.isfinite(values)], path)
             elif not data.any():
                 problems.add(path, "all voxels are zero")
             del data
@@ -177,28 +195,34 @@ def validate_case(raw_dir: str | os.PathLike, case: str) -> dict:
         "spacing_xyz": [float(s) for s in ref_img.header.get_zooms()[:3]],
         "affine": np.asarray(ref_affine, dtype=float).tolist(),
         "files": files,
-        "source_files": {k: public_name(p, case) for k, p in files.items()},
+        "source_files": {k: public_name(p, case, release=release) for k, p in files.items()},
     }
 
 
-def read_grades(mapping_csv: str | os.PathLike, cases: Sequence[str]) -> dict[str, str]:
-    """{case: "HGG" | "LGG"} from ``name_mapping.csv``; every missing row or bad grade (across all
-    ``cases``) is reported, together, as InputErrors naming the CSV."""
+def read_grades(
+    mapping_csv: str | os.PathLike, cases: Sequence[str], *, release: Release = DEFAULT_RELEASE
+) -> dict[str, str]:
+    """{case: "HGG" | "LGG"} from the release's grade file (2020: ``name_mapping.csv``, ids in
+    ``release.grade_id_column``); every missing row or bad grade (across all ``cases``) is reported,
+    together, as InputErrors naming the CSV. Only for a release with grades (``release.has_grades``)."""
     import pandas as pd
 
+    if not release.has_grades:
+        raise ValueError(f"BraTS {release.name} has no grade file")
+    id_col = release.grade_id_column
     try:
         df = pd.read_csv(mapping_csv, dtype=str)
     except FileNotFoundError:
-        raise InputError(mapping_csv, "not found (the BraTS download's name_mapping.csv)") from None
+        raise InputError(mapping_csv, f"not found (the BraTS download's {release.grade_file})") from None
     except Exception as exc:
         raise InputError(mapping_csv, f"not a readable CSV ({exc})") from None
     out = {}
     with Problems() as problems:
-        for col in ("Grade", MAPPING_ID_COL):
+        for col in ("Grade", id_col):
             if col not in df.columns:
                 problems.add(mapping_csv, f"no '{col}' column")
         problems.raise_if_any()
-        grades = dict(zip(df[MAPPING_ID_COL].str.strip(), df["Grade"].str.strip()))
+        grades = dict(zip(df[id_col].str.strip(), df["Grade"].str.strip()))
         for case in cases:
             if case not in grades:
                 problems.add(mapping_csv, f"no row for case {case}")
@@ -209,35 +233,63 @@ def read_grades(mapping_csv: str | os.PathLike, cases: Sequence[str]) -> dict[st
     return out
 
 
+def _grades_if_any(raw_dir: str | os.PathLike, cases: Sequence[str], release: Release) -> dict[str, str]:
+    """{case: grade}, or "" for every case of a release without a grade file."""
+    if not release.has_grades:
+        return dict.fromkeys(cases, "")
+    return read_grades(Path(raw_dir) / release.grade_file, cases, release=release)
+
+
 def write_split(
     raw_dir: str | os.PathLike,
     cases: Sequence[str],
     fractions: Mapping[str, float],
     seed: int,
     out_csv: str | os.PathLike,
+    *,
+    release: Release = DEFAULT_RELEASE,
 ):
-    """``id,split,grade`` by patient, stratified by grade (fractions e.g. {train: .7, val: .15, test: .15})."""
+    """``id,split,grade,patient``: splits drawn per patient (``release.patient_of``) and stratified by the
+    patient's grade where the release has grades (grade "" otherwise), so every case of a patient (e.g.
+    both time points in 2023-GLI) lands in its patient's split. Fractions e.g. {train: .7, val: .15,
+    test: .15}. Every missing grade row, bad grade, case id outside the patient pattern and patient whose
+    cases disagree in grade is reported, together, before anything is written."""
     from medflow.ingest import splits
 
-    grades = read_grades(Path(raw_dir) / NAME_MAPPING, cases)
-    assignment = splits.assign_splits(list(cases), fractions, seed, strata=[grades[c] for c in cases])
-    df = splits.write_split(out_csv, assignment, extra={"grade": [grades[c] for c in assignment]})
+    with Problems() as problems:
+        grades = problems.check(_grades_if_any, raw_dir, cases, release)
+        patient = {c: problems.check(release.patient_of, c) for c in cases}
+        problems.raise_if_any()
+        patient_grade: dict[str, str] = {}
+        for case in sorted(cases):
+            p, grade = patient[case], grades[case]
+            if patient_grade.setdefault(p, grade) != grade:
+                where = Path(raw_dir) / release.grade_file
+                problems.add(where, f"patient {p} has cases of grades {patient_grade[p]} and {grade}, expected one")
+    patients = sorted(patient_grade)
+    strata = [patient_grade[p] for p in patients] if release.has_grades else None
+    by_patient = splits.assign_splits(patients, fractions, seed, strata=strata)
+    assignment = {c: by_patient[patient[c]] for c in cases}
+    extra = {"grade": [grades[c] for c in assignment], "patient": [patient[c] for c in assignment]}
+    df = splits.write_split(out_csv, assignment, extra=extra)
     for split, part in df.groupby("split"):
+        counts = part["grade"].value_counts().sort_index().items() if release.has_grades else ()
         log.info(
-            "%s: %d cases (%s)",
+            "%s: %d cases of %d patients%s",
             split,
             len(part),
-            ", ".join(f"{g} {n}" for g, n in part["grade"].value_counts().sort_index().items()),
+            part["patient"].nunique(),
+            "".join(f", {g} {n}" for g, n in counts),
         )
     return df
 
 
-def manifest_row(raw_dir: str | os.PathLike, case: str, grade: str) -> dict:
+def manifest_row(raw_dir: str | os.PathLike, case: str, grade: str, *, release: Release = DEFAULT_RELEASE) -> dict:
     """One manifest row from the headers only (cheap on a full download). An unreadable or missing
     file leaves shape/spacing empty here: ``validate_case`` reports it, in that case's own job."""
     import nibabel as nib
 
-    files = case_files(raw_dir, case)
+    files = case_files(raw_dir, case, release=release)
     shape = spacing = ""
     if "flair" in files:
         try:
@@ -253,15 +305,22 @@ def manifest_row(raw_dir: str | os.PathLike, case: str, grade: str) -> dict:
         "grade": grade,
         "shape_xyz": shape,
         "spacing_xyz_mm": spacing,
-        "files": ";".join(public_name(files[k], case) for k in KINDS if k in files),
+        "files": ";".join(public_name(files[k], case, release=release) for k in KINDS if k in files),
         "missing": ";".join(k for k in KINDS if k not in files),
     }
 
 
-def write_manifest(raw_dir: str | os.PathLike, cases: Sequence[str], out_csv: str | os.PathLike):
-    """``results/brats/ingest/manifest.csv``: one row per case (id, grade, shape, spacing, files).
+def write_manifest(
+    raw_dir: str | os.PathLike,
+    cases: Sequence[str],
+    out_csv: str | os.PathLike,
+    *,
+    release: Release = DEFAULT_RELEASE,
+):
+    """``results/brats/ingest/manifest.csv``: one row per case (id, grade, shape, spacing, files, missing);
+    grade "" for a release without a grade file.
 
-    Every missing mapping row and case folder is reported, together, before anything is written. A
+    Every missing grade row and case folder is reported, together, before anything is written. A
     case that lacks a file is listed (column ``missing``) and logged, not fatal: its own ``brats_validate``
     job stops it, and under ``--keep-going`` the other cases go on.
     """
@@ -270,8 +329,8 @@ def write_manifest(raw_dir: str | os.PathLike, cases: Sequence[str], out_csv: st
     from medflow import io
 
     with Problems() as problems:
-        grades = problems.check(read_grades, Path(raw_dir) / NAME_MAPPING, cases)
-        rows = [problems.check(manifest_row, raw_dir, c, grades[c] if grades else "") for c in cases]
+        grades = problems.check(_grades_if_any, raw_dir, cases, release)
+        rows = [problems.check(manifest_row, raw_dir, c, grades[c] if grades else "", release=release) for c in cases]
     df = pd.DataFrame(rows)
     for case, missing in zip(df["id"], df["missing"]):
         if missing:

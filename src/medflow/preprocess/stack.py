@@ -3,10 +3,12 @@
 Layout of ``results/brats/stack/{case}.h5``:
 
 - ``image`` float32 (4, Z, Y, X), modalities flair, t1, t1ce, t2 (N4-corrected, trimmed);
-- ``label`` uint8 (Z, Y, X), BraTS labels 0, 1, 2 and 4 stored as 3;
+- ``label`` uint8 (Z, Y, X), the stored labels {0, 1, 2, 3} (3 the enhancing tumour), converted from the
+  release's raw labels (2020/2021: 4 stored as 3; 2023-GLI: already stored);
 - attributes ``case_id``, ``modalities`` (JSON list), ``spacing_zyx`` (mm), ``affine`` (4x4 of the
-  source NIfTI), ``original_shape_zyx``, ``kept_z_range`` [start, stop) in the original volume and
-  ``source_files`` (JSON list of file names, flair, t1, t1ce, t2, seg).
+  source NIfTI), ``original_shape_zyx``, ``kept_z_range`` [start, stop) in the original volume,
+  ``source_files`` (JSON list of file names, flair, t1, t1ce, t2, seg) and ``release`` (the BraTS release
+  name, so a predict stage writes labels back in that release's convention; absent in older stacks: 2020).
 
 Axes: a NIfTI array ``a`` indexed (i, j, k) = (X, Y, Z) maps to ``image[c, z, y, x] =
 a[x, y, z + start]`` with ``start = kept_z_range[0]``; the inverse is
@@ -28,9 +30,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medflow.errors import InputError
-from medflow.ingest.brats import BRATS_LABELS, MODALITIES
+from medflow.ingest import releases
+from medflow.ingest.brats import MODALITIES
+from medflow.ingest.releases import Release
 
 log = logging.getLogger(__name__)
+# The default release (a frozen dataclass, safe as an argument default): callers that name none get 2020.
+DEFAULT_RELEASE = releases.get("2020")
 
 
 @dataclass
@@ -58,17 +64,12 @@ def to_zyx(data_xyz: np.ndarray) -> np.ndarray:
     return np.asarray(data_xyz).transpose(2, 1, 0)
 
 
-def to_stored_label(seg: np.ndarray, path: str | os.PathLike = "segmentation") -> np.ndarray:
-    """BraTS labels {0, 1, 2, 4} -> stored uint8 {0, 1, 2, 3} (4 becomes 3); anything else -> InputError."""
-    seg = np.asarray(seg)
-    bad = np.setdiff1d(np.unique(seg), BRATS_LABELS)
-    if bad.size:
-        raise InputError(
-            path, f"segmentation values {bad.tolist()[:8]} outside {{{', '.join(map(str, BRATS_LABELS))}}}"
-        )
-    out = seg.astype(np.uint8)
-    out[out == 4] = 3
-    return out
+def to_stored_label(
+    seg: np.ndarray, path: str | os.PathLike = "segmentation", *, release: Release = DEFAULT_RELEASE
+) -> np.ndarray:
+    """The release's raw labels (2020/2021: {0, 1, 2, 4}) -> stored uint8 {0, 1, 2, 3}, same shape; a value
+    outside the release's set -> InputError naming ``path``, the values found and the expected set."""
+    return release.to_stored(np.asarray(seg), path)
 
 
 def stack_case(
@@ -80,11 +81,13 @@ def stack_case(
     params: StackParams,
     affine: np.ndarray | None = None,
     source_files: Sequence[str] | None = None,
+    *,
+    release: Release = DEFAULT_RELEASE,
 ) -> None:
     """Write the stacked case (see module docstring) atomically.
 
-    ``modality_paths``: {modality: corrected NIfTI}; ``seg_path``: the raw segmentation;
-    ``kept_z_range``: [start, stop) along the NIfTI k (axial) axis; ``affine``: the source NIfTI's
+    ``modality_paths``: {modality: corrected NIfTI}; ``seg_path``: the raw segmentation, in ``release``'s
+    labels; ``kept_z_range``: [start, stop) along the NIfTI k (axial) axis; ``affine``: the source NIfTI's
     (default: the first modality's); ``source_files``: names of the raw files for provenance.
     """
     import h5py
@@ -118,7 +121,7 @@ def stack_case(
         _, seg = load_nifti(seg_path)
         if to_zyx(seg).shape != shape_zyx:
             raise InputError(seg_path, f"shape {list(seg.shape)} differs from the modalities'")
-        label = to_stored_label(to_zyx(seg), seg_path)
+        label = to_stored_label(to_zyx(seg), seg_path, release=release)
         dropped = int(np.count_nonzero(label[:start])) + int(np.count_nonzero(label[stop:]))
         if dropped:
             raise InputError(seg_path, f"{dropped} labelled voxels lie outside the kept slices [{start}, {stop})")
@@ -136,6 +139,7 @@ def stack_case(
             else [os.path.basename(str(p)) for p in (*(modality_paths[m] for m in MODALITIES), seg_path)]
         )
         f.attrs["source_files"] = json.dumps(list(names))
+        f.attrs["release"] = release.name
     log.info("%s: image (4, %d, %d, %d), slices [%d, %d) of %d", case, *out_zyx, start, stop, shape_zyx[0])
 
 
@@ -158,7 +162,8 @@ def _open(path: str | os.PathLike):
 class Stack:
     """A stacked case: ``image`` (4, Z, Y, X) float32, ``label`` (Z, Y, X) uint8 stored labels or None,
     ``spacing_zyx`` mm, ``affine`` 4x4 of the source NIfTI, ``original_shape_zyx`` and ``kept_z_range``
-    [start, stop) placing the stack in the original volume."""
+    [start, stop) placing the stack in the original volume, ``release`` the BraTS release name its raw
+    labels came in (``medflow.ingest.releases.get(release).from_stored`` writes them back)."""
 
     case_id: str
     image: np.ndarray
@@ -167,6 +172,7 @@ class Stack:
     affine: np.ndarray
     original_shape_zyx: tuple[int, int, int]
     kept_z_range: tuple[int, int]
+    release: str = DEFAULT_RELEASE.name
 
 
 def _attr(f, path, name: str):
@@ -204,6 +210,8 @@ def read_stack(path: str | os.PathLike, with_label: bool = True) -> Stack:
         affine = np.asarray(_attr(f, path, "affine"), dtype=float)
         original = tuple(int(s) for s in np.ravel(_attr(f, path, "original_shape_zyx")))
         kept = tuple(int(s) for s in np.ravel(_attr(f, path, "kept_z_range")))
+        # Stacks written before releases were recorded all came from 2020 data.
+        release = str(_attr(f, path, "release")) if "release" in f.attrs else DEFAULT_RELEASE.name
     if len(spacing) != 3 or affine.shape != (4, 4) or len(original) != 3 or len(kept) != 2:
         raise InputError(
             path, "attributes spacing_zyx (3), affine (4x4), original_shape_zyx (3) or kept_z_range (2) are malformed"
@@ -217,4 +225,6 @@ def read_stack(path: str | os.PathLike, with_label: bool = True) -> Stack:
             path,
             f"kept_z_range {list(kept)} and original_shape_zyx {list(original)} do not fit the image {image.shape[1:]}",
         )
-    return Stack(case_id, image, label, spacing, affine, original, kept)
+    if release not in releases.RELEASES:
+        raise InputError(path, f"attribute 'release' names an unknown BraTS release {release!r}")
+    return Stack(case_id, image, label, spacing, affine, original, kept, release)

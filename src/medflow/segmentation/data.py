@@ -4,7 +4,7 @@ read by ``medflow.preprocess.stack.read_stack``).
 Patch file (``results/brats/patches/{case}.h5``): ``image`` float32 (N, 4, pz, py, px), standardised;
 ``label`` uint8 (N, 3, pz, py, px), one-hot without background (stored labels 1, 2, 3).
 Stacked case (``results/brats/stack/{case}.h5``): ``image`` float32 (4, Z, Y, X) flair, t1, t1ce, t2;
-``label`` uint8 (Z, Y, X) with BraTS 4 stored as 3; read by ``medflow.preprocess.stack.read_stack``.
+``label`` uint8 (Z, Y, X), stored labels {0, 1, 2, 3} (from the release's own); read by ``read_stack``.
 
 Patches are read one at a time from disk (nothing assumes the data set fits in memory); each
 DataLoader worker opens its own file handles, since h5py handles cannot cross a fork.

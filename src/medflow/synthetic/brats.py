@@ -1,20 +1,29 @@
-"""Synthetic BraTS 2020 training data in the public layout, deterministic from a seed.
+"""Synthetic BraTS training data in the public layout of a release, deterministic from a seed.
 
-``MICCAI_BraTS2020_TrainingData/BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii``
-(int16 modalities, uint8 segmentation, 1 mm voxels, a BraTS-like affine) plus ``name_mapping.csv``.
+The release (``medflow.ingest.releases``) fixes the layout: its folder (``raw_subdir``, given by the
+workflow as ``out_dir``), case ids (``case_format``), file names (``file_name``: 2020
+``BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii``, 2023-GLI
+``BraTS-GLI-NNNNN-TTT/BraTS-GLI-NNNNN-TTT-{t2f,t1n,t1c,t2w,seg}.nii.gz``), segmentation labels
+(``from_stored``) and the grade file (2020's ``name_mapping.csv``; none where a release has no grades).
+Files: int16 modalities, uint8 segmentation, 1 mm voxels, a BraTS-like affine.
 
 Each case is a skull-stripped, brain-like ellipsoid (white matter, a folded grey-matter cortex,
 ventricles and a midline fissure of CSF) with blank axial slices at both ends, a tumour and an
-independent smooth multiplicative bias field per modality. Tumour labels as in BraTS: 1 necrotic /
-non-enhancing core, 2 oedema, 4 enhancing tumour. Contrasts follow clinical MR: oedema bright in
-FLAIR and T2, enhancing tumour bright in T1ce, CSF dark in FLAIR and T1, bright in T2. Grades differ
-as a CNN can see on axial slices: HGG tumours are larger, with a T1ce-bright enhancing ring around
-a necrotic centre; LGG tumours are smaller, with a homogeneous non-enhancing core and (mostly) no
-enhancement.
+independent smooth multiplicative bias field per modality. Tumour parts: necrotic / non-enhancing
+core, oedema, enhancing tumour (stored 1, 2, 3; written in the release's labels, e.g. 2020's 1, 2, 4).
+Contrasts follow clinical MR: oedema bright in FLAIR and T2, enhancing tumour bright in T1ce, CSF dark
+in FLAIR and T1, bright in T2. Grades differ as a CNN can see on axial slices: HGG tumours are larger,
+with a T1ce-bright enhancing ring around a necrotic centre; LGG tumours are smaller, with a homogeneous
+non-enhancing core and (mostly) no enhancement. Releases without a grade file still get both kinds of
+tumour (the grade is drawn per patient and not written).
 
-Config (``synthetic.brats``): ``n_cases``, ``hgg_fraction``, ``shape_xyz`` (NIfTI order, real files
-are 240 x 240 x 155), ``blank_slices`` [min, max] per end, ``bias_strength`` (max |log field|),
-``noise`` (sd relative to white matter).
+Where a release has several cases per patient (``patient_pattern``: 2023-GLI time points ``-000``,
+``-001``), every third patient has a second time point, so ``n_cases`` cases come from fewer patients.
+
+Config (``synthetic.brats``): ``release`` (a name in ``releases.RELEASES``), ``n_cases``,
+``hgg_fraction`` (of patients), ``shape_xyz`` (NIfTI order, real files are 240 x 240 x 155),
+``blank_slices`` [min, max] per end, ``bias_strength`` (max |log field|), ``noise`` (sd relative to
+white matter).
 """
 
 from __future__ import annotations
@@ -25,9 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from medflow.ingest.brats import MODALITIES, NAME_MAPPING
+from medflow.ingest import releases
+from medflow.ingest.brats import MODALITIES
+from medflow.ingest.releases import KINDS, STORED, Release
 
 log = logging.getLogger(__name__)
+# The default release (a frozen dataclass, safe as an argument default): callers that name none get 2020.
+DEFAULT_RELEASE = releases.get("2020")
 
 TISSUES = ("csf", "gm", "wm", "ncr", "net", "ed", "et")
 # Mean intensity of each tissue per modality, relative to white matter in T1 (arbitrary MR units).
@@ -38,15 +51,17 @@ CONTRAST = {
     "t2": {"csf": 1.50, "gm": 0.85, "wm": 0.55, "ncr": 1.35, "net": 1.20, "ed": 1.20, "et": 0.90},
 }
 SCALE = {"flair": 450, "t1": 600, "t1ce": 700, "t2": 900}  # int16 units of white matter-ish tissue
+# The grade file's columns before the release's own id column (``Release.grade_id_column``), as in
+# 2020's name_mapping.csv: the grade, then the case's ids in earlier releases.
 MAPPING_COLUMNS = (
     "Grade",
     "BraTS_2017_subject_ID",
     "BraTS_2018_subject_ID",
     "TCGA_TCIA_subject_ID",
     "BraTS_2019_subject_ID",
-    "BraTS_2020_subject_ID",
 )
 DEFAULTS = {
+    "release": "2020",
     "n_cases": 24,
     "hgg_fraction": 0.5,
     "shape_xyz": [64, 64, 48],
@@ -60,19 +75,54 @@ def _cfg(cfg: dict) -> dict:
     return {**DEFAULTS, **(cfg or {})}
 
 
+def release_of(cfg: dict) -> Release:
+    """The release the synthetic copy is written in (``cfg["release"]``, default 2020)."""
+    return releases.get(_cfg(cfg)["release"])
+
+
+def _patients(cfg: dict) -> list[list[str]]:
+    """Case ids grouped by patient, in order: patient ``j`` (from 0) has number ``j + 1`` and, where the
+    release has several cases per patient, a second time point when ``j % 3 == 2``; cut at ``n_cases``.
+    Pure string work: the workflow calls it while planning."""
+    release = release_of(cfg)
+    n = int(_cfg(cfg)["n_cases"])
+    time_points = (1, 1, 2) if release.patient_pattern is not None else (1,)
+    patients: list[list[str]] = []
+    total = 0
+    while total < n:
+        j = len(patients)
+        k = min(time_points[j % len(time_points)], n - total)
+        patients.append([release.case_format.format(i=j + 1, t=t) for t in range(k)])
+        total += k
+    return patients
+
+
 def case_ids(cfg: dict) -> list[str]:
-    """Case ids of the synthetic copy (``cfg`` = ``config["synthetic"]["brats"]``)."""
-    return [f"BraTS20_Training_{i:03d}" for i in range(1, int(_cfg(cfg)["n_cases"]) + 1)]
+    """Case ids of the synthetic copy (``cfg`` = ``config["synthetic"]["brats"]``), in the release's
+    ``case_format``; the ids for ``n`` cases are the first ``n`` of those for more. No file access."""
+    return [case for cases in _patients(cfg) for case in cases]
+
+
+def expected_outputs(cfg: dict, raw_dir: str | os.PathLike) -> list[str]:
+    """Every file ``generate(cfg, raw_dir, seed)`` writes (the rule's outputs): each case's five NIfTI
+    files in the release's names, then the grade file where the release has one."""
+    release = release_of(cfg)
+    raw = str(raw_dir)
+    out = [os.path.join(raw, case, release.file_name(case, kind)) for case in case_ids(cfg) for kind in KINDS]
+    if release.has_grades:
+        out.append(os.path.join(raw, release.grade_file))
+    return out
 
 
 def grades(cfg: dict, seed: int) -> dict[str, str]:
-    """{case: HGG | LGG}: round(hgg_fraction * n) HGG cases, shuffled by ``seed``."""
+    """{case: HGG | LGG}: round(hgg_fraction * patients) HGG patients, shuffled by ``seed``; every time
+    point of a patient has the patient's grade (with one case per patient: round(hgg_fraction * n) cases)."""
     cfg = _cfg(cfg)
-    ids = case_ids(cfg)
-    n_hgg = int(round(cfg["hgg_fraction"] * len(ids)))
-    labels = np.array(["HGG"] * n_hgg + ["LGG"] * (len(ids) - n_hgg))
-    np.random.default_rng([seed, 2020]).shuffle(labels)
-    return dict(zip(ids, labels.tolist()))
+    patients = _patients(cfg)
+    n_hgg = int(round(cfg["hgg_fraction"] * len(patients)))
+    labels = np.array(["HGG"] * n_hgg + ["LGG"] * (len(patients) - n_hgg))
+    np.random.default_rng([seed, 2020]).shuffle(labels)  # 2020: a fixed salt, whatever the release
+    return {case: grade for cases, grade in zip(patients, labels.tolist()) for case in cases}
 
 
 def brats_affine(shape_xyz) -> np.ndarray:
@@ -114,8 +164,11 @@ def make_case(
     noise=0.03,
     bias_out: dict | None = None,
     tumour_scale: float = 1.0,
+    *,
+    release: Release = DEFAULT_RELEASE,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One case: ({modality: int16 (X, Y, Z)}, seg uint8 (X, Y, Z) in BraTS labels 0/1/2/4).
+    """One case: ({modality: int16 (X, Y, Z)}, seg uint8 (X, Y, Z) in ``release``'s labels, e.g. 2020's
+    0/1/2/4); the images do not depend on the release.
 
     ``bias_out``, if given, receives each modality's true multiplicative bias field (X, Y, Z).
     ``tumour_scale`` multiplies the tumour radii: the demo's miniature brains get large tumours (1.0)
@@ -161,19 +214,20 @@ def make_case(
     d = np.sqrt(((z - tc[0]) / elong[0]) ** 2 + ((y - tc[1]) / elong[1]) ** 2 + ((x - tc[2]) / elong[2]) ** 2)
     d = d * (1 + 0.12 * smooth_field(rng, shape, cells=max(5, nx // 8)))
     seg = np.zeros(shape, np.uint8)
-    seg[d <= r_ed] = 2
+    ncr, ed, et = (STORED[part] for part in ("necrotic", "edema", "enhancing"))  # built in stored labels
+    seg[d <= r_ed] = ed
     if hgg:
         r_core = r_ed * rng.uniform(0.60, 0.72)
-        seg[d <= r_core] = 4
-        seg[d <= r_core * rng.uniform(0.45, 0.60)] = 1
-        core_tissue = {4: "et", 1: "ncr"}
+        seg[d <= r_core] = et
+        seg[d <= r_core * rng.uniform(0.45, 0.60)] = ncr
+        core_tissue = {et: "et", ncr: "ncr"}
     else:
-        seg[d <= r_ed * rng.uniform(0.45, 0.60)] = 1
-        core_tissue = {1: "net", 4: "et"}
+        seg[d <= r_ed * rng.uniform(0.45, 0.60)] = ncr
+        core_tissue = {ncr: "net", et: "et"}
         if rng.random() < 0.15:  # a few LGG show a small enhancing focus
-            seg[d <= r_ed * 0.15] = 4
+            seg[d <= r_ed * 0.15] = et
     seg[~brain] = 0
-    tissue[seg == 2] = TISSUES.index("ed")
+    tissue[seg == ed] = TISSUES.index("ed")
     for label, name in core_tissue.items():
         tissue[seg == label] = TISSUES.index(name)
 
@@ -193,7 +247,7 @@ def make_case(
         img = np.clip(img * SCALE[mod], 1, 32000)  # nonzero inside the brain: zero means no signal
         img = np.rint(img).astype(np.int16) * brain  # skull-stripped: exactly zero outside
         images[mod] = np.ascontiguousarray(img.transpose(2, 1, 0))
-    return images, np.ascontiguousarray(seg.transpose(2, 1, 0))
+    return images, np.ascontiguousarray(release.from_stored(seg).transpose(2, 1, 0))
 
 
 def write_nifti(data_xyz: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
@@ -210,13 +264,15 @@ def write_nifti(data_xyz: np.ndarray, affine: np.ndarray, path: str | os.PathLik
 
 
 def generate(cfg: dict, out_dir: str | os.PathLike, seed: int) -> list[str]:
-    """Write every case and ``name_mapping.csv`` under ``out_dir`` (the MICCAI_BraTS2020_TrainingData
-    folder); returns the case ids. Case k's content depends only on (seed, k) and its grade."""
+    """Write every case and, where the release has one, its grade file under ``out_dir`` (the release's
+    ``raw_subdir`` folder); exactly the files of ``expected_outputs``. Returns the case ids. The k-th case's
+    (from 1) content depends only on (seed, k), its grade and the release."""
     import pandas as pd
 
     from medflow import io
 
     cfg = _cfg(cfg)
+    release = release_of(cfg)
     out = Path(out_dir)
     shape_xyz = [int(s) for s in cfg["shape_xyz"]]
     affine = brats_affine(shape_xyz)
@@ -224,21 +280,17 @@ def generate(cfg: dict, out_dir: str | os.PathLike, seed: int) -> list[str]:
     rows = []
     for i, (case, grade) in enumerate(case_grades.items(), start=1):
         rng = np.random.default_rng([seed, i])
-        images, seg = make_case(rng, grade, shape_xyz, cfg["blank_slices"], cfg["bias_strength"], cfg["noise"])
-        for mod, data in images.items():
-            write_nifti(data, affine, out / case / f"{case}_{mod}.nii")
-        write_nifti(seg, affine, out / case / f"{case}_seg.nii")
-        rows.append(
-            {
-                "Grade": grade,
-                "BraTS_2017_subject_ID": f"Brats17_SYN_{i:03d}_1",
-                "BraTS_2018_subject_ID": f"Brats18_SYN_{i:03d}_1",
-                "TCGA_TCIA_subject_ID": "NA",
-                "BraTS_2019_subject_ID": f"BraTS19_SYN_{i:03d}_1",
-                "BraTS_2020_subject_ID": case,
-            }
+        images, seg = make_case(
+            rng, grade, shape_xyz, cfg["blank_slices"], cfg["bias_strength"], cfg["noise"], release=release
         )
+        for mod, data in images.items():
+            write_nifti(data, affine, out / case / release.file_name(case, mod))
+        write_nifti(seg, affine, out / case / release.file_name(case, "seg"))
+        # Made-up ids of the case in earlier releases, as 2020's name_mapping.csv lists them.
+        earlier = (f"Brats17_SYN_{i:03d}_1", f"Brats18_SYN_{i:03d}_1", "NA", f"BraTS19_SYN_{i:03d}_1")
+        rows.append([grade, *earlier, case])
         log.info("%s: %s", case, grade)
-    with io.atomic_path(out / NAME_MAPPING) as tmp:
-        pd.DataFrame(rows, columns=list(MAPPING_COLUMNS)).to_csv(tmp, index=False)
+    if release.has_grades:
+        with io.atomic_path(out / release.grade_file) as tmp:
+            pd.DataFrame(rows, columns=[*MAPPING_COLUMNS, release.grade_id_column]).to_csv(tmp, index=False)
     return list(case_grades)
