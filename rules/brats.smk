@@ -8,7 +8,6 @@
 from dataclasses import fields
 
 from medflow.ingest.brats import MODALITIES as BRATS_MODALITIES
-from medflow.ingest.brats import raw_files as _brats_raw_files
 from medflow.preprocess.n4 import N4Params
 
 BRATS = f"{RESULTS}/brats"
@@ -23,8 +22,6 @@ BRATS_PATCHES = f"{BRATS}/patches/{{case}}.h5"
 # Only what changes the corrected image: threads and per_modality change how N4 runs, not its result.
 BRATS_N4_PARAMS = {f.name: config["brats"]["n4"][f.name] for f in fields(N4Params)}
 BRATS_N4_CASE = expand(BRATS_N4, modality=BRATS_MODALITIES, allow_missing=True)  # one case's four outputs
-# {kind: path} of a case's raw files (as found on disk in a download: .nii[.gz], case 355's seg name)
-brats_raw = lambda case: _brats_raw_files(raw_dir("brats"), case, synthetic(), release=BRATS_RELEASE)
 
 
 rule brats_ingest:

@@ -86,6 +86,15 @@ def brats_cases():
     return [c for c in cases if c not in excluded]
 
 
+@functools.cache
+def brats_raw(case):
+    """{kind: path} of a case's raw files (as found on disk in a download: .nii[.gz], case 355's seg name);
+    cached: four rules ask for every case while the DAG is built."""
+    from medflow.ingest.brats import raw_files
+
+    return raw_files(raw_dir("brats"), case, synthetic(), release=BRATS_RELEASE)
+
+
 # Each rules file registers its pipeline's metrics file (the one the report reads: its `headline`
 # block) and any other outputs that finish it; `all` and the report collect them.
 FINAL_METRICS = {}

@@ -18,7 +18,7 @@ if synthetic():
             "../envs/medflow.yaml"
         params:
             cfg=config["synthetic"]["brats"],
-            raw=raw_dir("brats"),
+            raw=lambda wc, output: str(Path(output[0]).parents[1]),  # <raw>/<case>/<file>
             seed=config["seed"],
         script:
             "../workflow/scripts/synthetic_brats.py"

@@ -40,7 +40,7 @@ def test_broken_case_stops_alone_and_the_others_finish(tmp_path):
     assert not (results / "brats" / "stack" / f"{BROKEN}.h5").exists()
 
     split = pd.read_csv(results / "brats" / "ingest" / "split.csv")
-    assert list(split.columns) == ["id", "split", "grade"] and sorted(split["id"]) == CASES
+    assert list(split.columns) == ["id", "split", "grade", "patient"] and sorted(split["id"]) == CASES
     assert split.groupby("split")["grade"].nunique().to_dict() == {"test": 2, "train": 2, "val": 2}
     manifest = pd.read_csv(results / "brats" / "ingest" / "manifest.csv")
     assert len(manifest) == len(CASES) and set(manifest["shape_xyz"]) == {"32x32x24"}
