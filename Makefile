@@ -9,7 +9,7 @@ CORES ?= 2
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: env demo test lint report clean mutation plant-bugs
+.PHONY: env demo test lint report clean mutation plant-bugs bench-gpu
 env: $(VENV)/.ok
 # No prerequisite: the lock's hash is in the path, so a changed lock means a new environment, while a
 # fresh clone (whose files are all newer than the environment) reuses the one it finds.
@@ -45,6 +45,12 @@ lint: env
 	ruff check .
 	snakefmt --check Snakefile rules
 	snakemake --lint
+
+# Every GPU path measured in one run (docs/benchmarks.md; at most 8 minutes): table on stdout, JSON under
+# results/benchmarks/. Without a GPU it refuses with one line (exit 2); SMOKE=1 runs the same code on the
+# CPU at tiny sizes in under a minute (tests/test_bench_gpu.py runs that).
+bench-gpu: env
+	@python benchmarks/bench_gpu.py $(if $(filter 1,$(SMOKE)),--smoke)
 
 report: env
 	snakemake --cores $(CORES) --report results/report.zip

@@ -77,3 +77,14 @@ def test_other_errors_keep_their_traceback_in_the_log(job):
     hook(*_raise(ZeroDivisionError("division by zero")))
     assert "Traceback" in log_path.read_text()
     assert console.getvalue().splitlines() == ["ZeroDivisionError: division by zero", f"(see {log_path})"]
+
+
+def test_a_job_error_is_one_line_without_traceback(job):
+    """E.g. a rule that claims a GPU CUDA cannot use (medflow.train.device.DeviceError is a JobError)."""
+    from medflow.jobs import JobError
+
+    log_path, console, hook = job()
+    hook(*_raise(JobError("the rule claims a GPU but /dev/nvidia0 exists yet CUDA is unusable: driver too old")))
+    line = "ERROR: the rule claims a GPU but /dev/nvidia0 exists yet CUDA is unusable: driver too old"
+    assert log_path.read_text().splitlines() == [line]
+    assert console.getvalue().splitlines() == [line, f"(see {log_path})"]

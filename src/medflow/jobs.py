@@ -16,13 +16,18 @@ import traceback
 from medflow.errors import InputError
 
 
+class JobError(Exception):
+    """A job that cannot run here for a reason its one-line message says in full (e.g. a claimed GPU
+    that CUDA cannot use): ``start``'s handler prints ``ERROR: <message>`` without a traceback."""
+
+
 def start(smk, name: str | None = None) -> logging.Logger:
     """Send stderr and logging to ``smk.log[0]`` (append, so a resumed job keeps its history).
 
     An :class:`InputError` ends the job with its message instead of a traceback: one ``ERROR: <file>:
     <problem>`` line per problem (every problem of an :class:`~medflow.errors.InputErrors`, then its count
-    line), in the log and on the console; any other exception keeps its full traceback for debugging
-    (in the log; its last line on the console).
+    line), in the log and on the console; a :class:`JobError` likewise with its one line. Any other
+    exception keeps its full traceback for debugging (in the log; its last line on the console).
     """
     log_path = smk.log[0] if len(smk.log) else None
     if log_path:
@@ -38,7 +43,7 @@ def start(smk, name: str | None = None) -> logging.Logger:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     def excepthook(exc_type, exc, tb):
-        if issubclass(exc_type, InputError):
+        if issubclass(exc_type, (InputError, JobError)):
             # One "ERROR: <file>: <problem>" line per problem (InputErrors: every one, then the count).
             msg = "\n".join(f"ERROR: {line}" for line in str(exc).splitlines())
             console = msg

@@ -21,6 +21,35 @@ def test_segment_max_takes_the_max_within_each_exam():
         segment_max(v, [6, 0])
 
 
+def test_segment_max_never_reads_counts_on_the_host():
+    """On the meta device no value can be read (as a GPU tensor's would need a sync): the segment max
+    still runs, so it needs no host round trip. Gradients go to each exam's maximum, ties shared evenly
+    as amax per exam shares them."""
+    meta = torch.device("meta")
+    out = segment_max(torch.empty(10, 256, device=meta), torch.tensor([3, 7], device=meta))
+    assert out.shape == (2, 256) and out.device == meta
+    v = torch.tensor([[2.0], [2.0], [1.0], [0.0], [0.0]], requires_grad=True)
+    segment_max(v, [3, 2]).sum().backward()
+    assert v.grad.flatten().tolist() == [0.5, 0.5, 0.0, 0.5, 0.5]
+
+
+def test_logits_are_float32_under_bf16_autocast():
+    """CPU bf16 autocast stands in for CUDA's: the features run in bf16, the max over slices and the
+    head in float32 (probabilities without bf16's coarse steps); without autocast nothing changes."""
+    torch.manual_seed(0)
+    model = MRNet().eval()
+    x, counts = torch.cat(_exams([2, 3])), torch.tensor([2, 3])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            features = model.slice_features(x)
+            logits = model(x, counts)
+        ref = model.classifier(segment_max(features.float(), counts)).squeeze(1)
+        plain = model(x, counts)
+    assert features.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    assert torch.equal(logits, ref)
+    assert plain.dtype == torch.float32
+
+
 def test_packed_batch_equals_one_exam_at_a_time():
     torch.manual_seed(0)
     model = MRNet().eval()

@@ -1,107 +1,17 @@
-"""Sliding-window inference over whole volumes through medflow.train.predict, the whole-case
-prediction evaluation uses, and predictions written back in the raw geometry."""
+"""The whole-case prediction evaluation uses (predict_case; the sliding window itself:
+test_sliding_window.py) and predictions written back in the raw geometry."""
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from medflow.preprocess.patches import PatchParams, sample_case, standardise
 from medflow.segmentation import predict, regions
 from tests.segmentation.fakes import KEPT, ORIGINAL_ZYX, affine_for, make_case, write_stack
 
 CPU = torch.device("cpu")
-
-
-@pytest.mark.parametrize("size,window,overlap", [(20, 8, 0.5), (16, 8, 0.0), (17, 8, 0.25), (5, 8, 0.5), (8, 8, 0.5)])
-def test_windows_cover_the_volume_with_the_overlap(size, window, overlap):
-    starts = predict.window_starts(size, window, overlap)
-    covered = np.zeros(max(size, window), bool)
-    for s in starts:
-        covered[s : s + window] = True
-    assert covered[:size].all() and starts[0] == 0
-    assert starts[-1] + window == max(size, window)
-    steps = np.diff(starts)
-    assert (steps <= window * (1 - overlap) + 1e-9).all() and (steps > 0).all()
-
-
-@given(st.integers(1, 60), st.integers(1, 20), st.floats(0.0, 0.95) | st.sampled_from([0.0, 0.25, 0.5, 0.75]))
-def test_windows_cover_every_voxel_for_any_size_window_and_overlap(size, window, overlap):
-    """Windows start at 0, stay inside the (padded) axis, end at its border, cover every voxel and
-    overlap their neighbours by at least ``overlap`` of the window (at most window - 1 voxels can)."""
-    padded = max(size, window)
-    starts = predict.window_starts(size, window, overlap)
-    assert starts == sorted(set(starts)), "distinct, in order"
-    assert starts[0] == 0 and starts[-1] + window == padded
-    assert all(0 <= s and s + window <= padded for s in starts)
-    covered = np.zeros(padded, bool)
-    for s in starts:
-        covered[s : s + window] = True
-    assert covered.all()
-    shared = window - np.diff(starts)  # voxels two neighbours have in common
-    assert (shared >= min(overlap * window, window - 1) - 1e-9).all(), (starts, shared)
-
-
-@pytest.mark.parametrize("overlap", [-0.1, 1.0])
-def test_overlap_outside_zero_one_is_refused(overlap):
-    with pytest.raises(ValueError, match="overlap"):
-        predict.window_starts(10, 4, overlap)
-
-
-class Pointwise(torch.nn.Module):
-    """A voxel-wise model: its full-volume output is known exactly, whatever the windows."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv3d(4, 3, 1)
-
-    def forward(self, x):
-        return torch.sigmoid(self.conv(x))
-
-
-@pytest.mark.parametrize("blend", ["gaussian", "constant"])
-@pytest.mark.parametrize("shape", [(13, 21, 18), (6, 10, 40)])  # the second is thinner than the window in z and y
-def test_sliding_window_equals_whole_volume_prediction(blend, shape):
-    model = Pointwise().eval()
-    image = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
-    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, blend=blend, device=CPU)
-    with torch.no_grad():
-        direct = model(torch.from_numpy(image)[None])[0].numpy()
-    assert probs.shape == (3, *shape)
-    np.testing.assert_allclose(probs, direct, atol=1e-5)
-
-
-@given(
-    st.tuples(*[st.integers(1, 9)] * 3),
-    st.tuples(*[st.integers(1, 6)] * 3),
-    st.sampled_from([0.0, 0.3, 0.5, 0.8]),
-    st.integers(1, 4),
-    st.sampled_from(predict.BLENDS),
-    st.integers(0, 2**16),
-)
-def test_sliding_window_of_a_voxelwise_model_is_its_voxelwise_output(shape, window, overlap, batch_size, blend, seed):
-    """Any volume (also thinner than the window), window, overlap and batch: a voxel-wise model's
-    blended windows give back exactly its output on the whole volume, shape (L, Z, Y, X)."""
-    model = Pointwise().eval()
-    image = np.random.default_rng(seed).standard_normal((4, *shape)).astype(np.float32)
-    probs = predict.sliding_window(
-        model,
-        image,
-        window,
-        overlap=overlap,
-        batch_size=batch_size,
-        blend=blend,
-        device=torch.device("cpu"),
-        bf16=False,
-    )
-    with torch.no_grad():
-        direct = model(torch.from_numpy(image)[None])[0].numpy()
-    assert probs.shape == (3, *shape) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs, direct, atol=1e-5)
 
 
 def test_prediction_overlays_on_the_raw_nifti(tmp_path):
@@ -123,34 +33,6 @@ def test_prediction_overlays_on_the_raw_nifti(tmp_path):
     assert np.array_equal(np.asarray(pred.dataobj), raw_xyz)
     np.testing.assert_allclose(pred.affine, affine)
     assert pred.header.get_zooms() == pytest.approx((1.0, 1.0, 2.0))
-
-
-def test_transform_is_applied_to_every_window():
-    model = Pointwise().eval()
-    image = np.random.default_rng(1).standard_normal((4, 10, 20, 20)).astype(np.float32)
-    probs = predict.sliding_window(
-        model, image, (8, 16, 16), overlap=0.25, transform=lambda w: 2 * w + 1, device=torch.device("cpu")
-    )
-    with torch.no_grad():
-        direct = model(torch.from_numpy(2 * image + 1)[None])[0].numpy()
-    np.testing.assert_allclose(probs, direct, atol=1e-5)
-
-
-def test_every_batch_of_windows_goes_through_the_shared_predict(monkeypatch):
-    """One medflow.train.predict call per batch of windows, the model in eval and inference mode; the
-    result is unchanged by the spy."""
-    model = Pointwise().train()
-    image = np.random.default_rng(2).standard_normal((4, 10, 20, 20)).astype(np.float32)
-    expected = predict.sliding_window(Pointwise().eval(), image, (8, 16, 16), overlap=0.5, batch_size=3, device=CPU)
-    calls, modes = [], []
-    real = predict.predict_batches
-    monkeypatch.setattr(predict, "predict_batches", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))
-    forward = model.forward
-    model.forward = lambda x: modes.append((torch.is_inference_mode_enabled(), model.training)) or forward(x)
-    probs = predict.sliding_window(model, image, (8, 16, 16), overlap=0.5, batch_size=3, device=CPU)
-    n_windows = len(predict.window_starts(10, 8, 0.5)) * len(predict.window_starts(20, 16, 0.5)) ** 2  # 3 * 2 * 2
-    assert calls == [CPU] * -(-n_windows // 3) and modes == [(True, False)] * len(calls)
-    assert np.array_equal(probs, expected)
 
 
 class Recorder(torch.nn.Module):

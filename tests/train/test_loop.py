@@ -634,3 +634,47 @@ def test_a_head_without_loss_this_batch_is_not_updated(tmp_path):
 
     fit_scripted(tmp_path, [0.5], model=model, opt=opt, step=step, batch_size=8, seed=0)
     assert torch.equal(model["aux"].weight, after_first[0])
+
+
+class HostReads(torch.Tensor):
+    """A loss that counts the reads that make the host wait for the device (float(), .item(), ...)."""
+
+    reads: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.tolist, torch.Tensor.cpu):
+            cls.reads.append(func.__name__)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_the_train_loss_is_read_from_the_device_once_per_epoch_and_sums_as_python_floats(tmp_path):
+    """On a GPU each read is a sync that stalls the next step's launch: one per epoch, not one per step.
+    The float64 sum on the device equals the Python-float sum bit for bit, so CPU numbers are unchanged."""
+    HostReads.reads = []
+    losses = []
+
+    def step(model, batch):
+        loss = train_step(model, batch)
+        losses.append(loss.detach().clone())
+        return loss.as_subclass(HostReads)
+
+    _, result = run_fit(tmp_path, epochs=3, step=step)
+    assert len(HostReads.reads) == 3 and len(losses) == 12, "4 steps per epoch, one read per epoch"
+    for e, row in enumerate(result.history):
+        total = 0.0
+        for loss in losses[4 * e : 4 * e + 4]:
+            total += float(loss)
+        assert row["train_loss"] == total / 4
+
+
+def test_cudnn_benchmark_is_set_for_cuda_jobs_that_ask(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = FitConfig(epochs=1, monitor="val_acc")
+    loop._configure_backends(cfg, torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False, "off by default: MRNet's batches change shape"
+    cfg.cudnn_benchmark = True
+    loop._configure_backends(cfg, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    loop._configure_backends(cfg, torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True

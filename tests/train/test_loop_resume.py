@@ -159,3 +159,24 @@ def test_job_killed_after_writing_the_checkpoint_keeps_the_best_weights(tmp_path
     assert steps == []
     assert_same_end(resumed, load_checkpoint(tmp_path / "model.pt"), full, full_ckpt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "model.pt"]
+
+
+def test_resume_state_is_loaded_to_the_cpu_first(tmp_path, uninterrupted, monkeypatch):
+    """Loaded onto the GPU, Adam's step counters would stay there (torch keeps ``step`` where it was
+    loaded unless the optimizer is fused/capturable) and sync with the host every step. Loaded to the
+    CPU, load_state_dict puts the moments beside the parameters and leaves ``step`` on the host."""
+    full, full_ckpt = uninterrupted[None]
+    with pytest.raises(Killed):
+        fit_toy(tmp_path, step=dies_after(full.best_epoch + 1, []))
+    where = []
+    real_load = torch.load
+
+    def load(*args, **kwargs):
+        where.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    resumed = fit_toy(tmp_path, step=dies_after(EPOCHS, []))
+    monkeypatch.undo()
+    assert where and where[0] == "cpu"
+    assert_same_end(resumed, load_checkpoint(tmp_path / "model.pt"), full, full_ckpt)

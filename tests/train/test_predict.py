@@ -174,9 +174,38 @@ def test_bf16_autocast_is_active_on_cuda():
 
     got = predict(model, loader, cuda, forward=forward)
     assert got.dtype == np.float32 and got.shape == (37, 3)
-    expected_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    expected_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     assert set(seen) == {expected_dtype}
     seen.clear()
     predict(model, loader, cuda, bf16=False, forward=forward)
     assert set(seen) == {torch.float32}
     np.testing.assert_allclose(got, predict(model, loader, cuda, bf16=False), atol=0.1)
+
+
+def test_a_gpu_run_waits_for_the_device_once_not_per_batch(monkeypatch):
+    """Outputs are copied to the host without blocking and the device synchronised once at the end.
+    torch.cuda is mocked: the model runs on the CPU, predict is told the device is CUDA (an sm_75 GPU,
+    so autocast stays off)."""
+    import importlib
+
+    predict_mod = importlib.import_module("medflow.train.predict")  # the module, not the function
+    syncs, copies = [], []
+    monkeypatch.setattr(predict_mod, "to_device", lambda batch, device: batch)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake T4")
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        copies.append(kwargs.get("non_blocking", False))
+        return real_to(self, *args, **kwargs)
+
+    model, loader = make_model(), make_loader()
+    want = hand_loop(model, loader)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    got = predict(model, loader, cuda)
+    monkeypatch.undo()
+    assert syncs == [cuda]
+    assert len(copies) == 5 and all(copies), "one non-blocking copy per batch (37 items, 8 per batch)"
+    np.testing.assert_array_equal(got, want)

@@ -22,6 +22,14 @@ torch.set_num_threads(1)
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def no_job_claim(monkeypatch):
+    """Job.from_snakemake records the process's claim: keep it from leaking into other tests."""
+    from medflow.train import device
+
+    monkeypatch.setattr(device, "_claim", device.JobClaim())
+
+
 def dataset(n):
     return TensorDataset(torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n))
 
@@ -52,6 +60,25 @@ def test_job_from_snakemake_keeps_defaults_for_params_the_rule_lacks():
     assert Job.from_snakemake(smk) == Job(threads=2, rule="oct_evaluate")
     # A plain mapping of params (library callers, tests) works the same.
     assert Job.from_snakemake(SimpleNamespace(threads=1, rule=None, params={"seed": 4})).seed == 4
+
+
+def test_job_from_snakemake_reads_the_gpu_claim_and_records_it_for_the_process(monkeypatch):
+    """select_device and loader_kwargs are called with threads only: the job's claim reaches them
+    through the process record (one workflow script is one job)."""
+    from medflow.train import device
+
+    smk = SimpleNamespace(
+        threads=2,
+        rule="mrnet_train",
+        params=Params(fromdict={"seed": 1, "loader_workers": 4}),
+        resources=SimpleNamespace(gpu=1, _cores=2),
+        config={"results": "/scratch/run1"},
+    )
+    job = Job.from_snakemake(smk)
+    assert (job.gpus, job.loader_workers) == (1, 4)
+    assert device.job_claim() == device.JobClaim(gpus=1, loader_workers=4, lock_dir="/scratch/run1/.gpu_locks")
+    Job.from_snakemake(SimpleNamespace(threads=1, rule="oct_evaluate", params={}, resources={"gpu": 0}))
+    assert device.job_claim() == device.JobClaim(gpus=0, lock_dir="results/.gpu_locks")
 
 
 # --- make_loaders -------------------------------------------------------------------------------

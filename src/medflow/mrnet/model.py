@@ -57,11 +57,24 @@ def alexnet_features(weights: str = "none") -> nn.Sequential:
 
 
 def segment_max(values: torch.Tensor, counts: torch.Tensor | list[int]) -> torch.Tensor:
-    """Max over consecutive segments: ``values`` (N, F), ``counts`` (B,) summing to N -> (B, F)."""
-    counts = counts.tolist() if torch.is_tensor(counts) else list(counts)
-    if sum(counts) != values.shape[0] or min(counts, default=1) < 1:
-        raise ValueError(f"counts {counts} do not split {values.shape[0]} slices into non-empty exams")
-    return torch.stack([seg.amax(dim=0) for seg in torch.split(values, counts)])
+    """Max over consecutive segments: ``values`` (N, F), ``counts`` (B,) summing to N -> (B, F).
+
+    One ``scatter_reduce`` on ``values``' device: no host round trip for ``counts`` and no Python loop
+    over exams, so a GPU step never waits for the host. Exact (a max rounds nothing); gradients go to
+    each segment's maximum (shared evenly between ties), as ``amax`` per segment gives them. ``counts``
+    on the CPU (a list, or the loader's tensor) are checked; on a GPU the check would need a sync.
+    """
+    if not torch.is_tensor(counts):
+        counts = torch.tensor(list(counts), dtype=torch.int64)
+    n = values.shape[0]
+    if counts.device.type == "cpu" and (counts.numel() == 0 or int(counts.sum()) != n or int(counts.min()) < 1):
+        raise ValueError(f"counts {counts.tolist()} do not split {n} slices into non-empty exams")
+    counts = counts.to(values.device, non_blocking=True)
+    # output_size: the exam index of every slice without the sync that sizing the output would need
+    exam = torch.repeat_interleave(torch.arange(len(counts), device=values.device), counts, output_size=n)
+    # -inf, not 0: the backward shares a maximum's gradient with every equal value, the initial ones included
+    out = values.new_full((len(counts), values.shape[1]), float("-inf"))
+    return out.scatter_reduce(0, exam[:, None].expand_as(values), values, reduce="amax", include_self=False)
 
 
 class MRNet(nn.Module):
@@ -82,8 +95,13 @@ class MRNet(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
     def forward(self, slices: torch.Tensor, counts: torch.Tensor | list[int]) -> torch.Tensor:
-        """Packed exams: ``slices`` (N, H, W), ``counts`` (B,) -> logits (B,)."""
-        return self.classifier(segment_max(self.slice_features(slices), counts)).squeeze(1)
+        """Packed exams: ``slices`` (N, H, W), ``counts`` (B,) -> float32 logits (B,).
+
+        The features run under the caller's autocast (bf16 on CUDA); the max over slices and the
+        linear head run in float32, so logits and the probabilities taken from them keep full precision."""
+        features = self.slice_features(slices)
+        with torch.autocast(features.device.type, enabled=False):
+            return self.classifier(segment_max(features.float(), counts)).squeeze(1)
 
 
 def build_model(params: ModelConfig) -> MRNet:

@@ -45,6 +45,9 @@ class FitConfig:
     seed: int = 0
     bf16: bool = True
     grad_clip: float | None = None
+    # cuDNN tries its algorithms once per input shape and keeps the fastest: a win when every batch has
+    # one shape (the U-Net's fixed patches), a loss when shapes vary (MRNet's exams). CUDA only.
+    cudnn_benchmark: bool = False
 
 
 @dataclass
@@ -102,6 +105,9 @@ def fit(
     ``resume_path`` (default: beside the checkpoint) holds the state after the last finished epoch;
     it is used only if its ``fingerprint`` (the caller's params) matches, and removed when training
     ends. ``checkpoint_meta`` (plain data: class names, model config...) is stored in the checkpoint.
+
+    Nothing in an epoch waits for the GPU but its end: the train loss is summed on the device and read
+    once per epoch (``evaluate`` should gather on the device too, as ``medflow.train.predict`` does).
     """
     checkpoint_path = Path(checkpoint_path)
     resume_path = Path(resume_path) if resume_path else checkpoint_path.with_name(checkpoint_path.name + ".resume")
@@ -110,10 +116,14 @@ def fit(
     best_path = resume_path.with_name(resume_path.name + ".best")
     fp = json.dumps(io.to_plain(dict(fingerprint or {})), sort_keys=True, default=str)
     model.to(device)
+    _configure_backends(cfg, device)
 
     state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "history": [], "run_id": None}
     if resume_path.exists():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
+        # To the CPU first: load_state_dict copies weights onto the model's device and moves optimizer
+        # state to each parameter's device itself, except what must stay on the host (Adam's ``step``
+        # counters, unless fused/capturable); loaded onto the GPU, those would sync every step.
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
         if saved.get("fingerprint") == fp:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -148,7 +158,9 @@ def fit(
             # uninterrupted one.
             seed_everything(cfg.seed * 1000 + epoch)
             model.train()
-            total, batches = 0.0, 0
+            # Summed on the device in float64: one host sync per epoch, and on the CPU the very sum
+            # ``total += float(loss)`` in Python floats gives.
+            total, batches = None, 0
             for batch in train_loader:
                 batch = to_device(batch, device)
                 optimizer.zero_grad(set_to_none=True)
@@ -158,12 +170,13 @@ def fit(
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                total += float(loss.detach())
+                step_loss = loss.detach().to(torch.float64)
+                total = step_loss if total is None else total + step_loss
                 batches += 1
             model.eval()
             with torch.no_grad(), autocast(device, cfg.bf16):
                 val = evaluate(model, val_loader)
-            row = {"epoch": float(epoch), "train_loss": total / max(batches, 1)}
+            row = {"epoch": float(epoch), "train_loss": (0.0 if total is None else float(total)) / max(batches, 1)}
             row.update({f"val_{k}": float(v) for k, v in val.items()})
             row["lr"] = float(optimizer.param_groups[0]["lr"])
             if cfg.monitor not in row:
@@ -217,6 +230,11 @@ def fit(
     resume_path.unlink(missing_ok=True)
     best_path.unlink(missing_ok=True)  # after the resume file, which needs it
     return FitResult(state["best_epoch"], state["best_score"], state["history"], stopped_early, run_id)
+
+
+def _configure_backends(cfg: FitConfig, device: torch.device) -> None:
+    if cfg.cudnn_benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # process-wide: one training job is one process
 
 
 def _tracking_run(tracking: Tracking | None, device: torch.device, run_id: str | None):

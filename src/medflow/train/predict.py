@@ -30,12 +30,16 @@ def predict(
 ):
     """Run ``model`` over every batch of ``loader`` and gather what ``forward`` returns.
 
-    ``model.eval()``, ``torch.inference_mode()`` and bf16 autocast on CUDA (full precision on the CPU,
-    so CPU results equal a plain loop's bit for bit). Each batch is moved with ``to_device`` before
-    ``forward(model, batch)``, which returns a tensor, a tuple of tensors or a dict of tensors, each
-    (B, ...); batches of targets or ids may pass through it unchanged. Floating outputs are cast to
-    float32; all are moved to the CPU and concatenated on dim 0. Returns an ndarray (N, ...), a tuple
-    of them or a dict of them, matching ``forward``'s structure. The model is left in eval mode.
+    ``model.eval()``, ``torch.inference_mode()`` and ``medflow.train.autocast(device, bf16)``, the
+    precision training and validation use (bf16 on CUDA GPUs with native bf16, full precision on the
+    CPU, so CPU results equal a plain loop's bit for bit). Each batch is moved with ``to_device``
+    before ``forward(model, batch)``, which returns a tensor, a tuple of tensors or a dict of tensors,
+    each (B, ...); batches of targets or ids may pass through it unchanged. Floating outputs are cast
+    to float32; all are concatenated on dim 0. Returns an ndarray (N, ...), a tuple of them or a dict
+    of them, matching ``forward``'s structure. The model is left in eval mode.
+
+    The loop never waits for the GPU: each batch's outputs are copied to the host without blocking
+    and the device is synchronised once, after the last batch.
 
     ``loader`` is any iterable of batches (a DataLoader, a list). An empty one raises ``ValueError``:
     the structure of the result is unknown without a batch.
@@ -49,6 +53,8 @@ def predict(
             parts.append(_map(out, _to_cpu))
     if not parts:
         raise ValueError("predict: the loader yielded no batches")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the non-blocking copies have landed
     first = parts[0]
     if isinstance(first, dict):
         return {k: _cat([p[k] for p in parts]) for k in first}
@@ -70,7 +76,9 @@ def _map(out: Output, fn):
 def _to_cpu(t: torch.Tensor) -> torch.Tensor:
     if not torch.is_tensor(t):
         raise TypeError(f"forward returned a {type(t).__name__} inside its result; expected tensors")
-    return (t.float() if t.is_floating_point() else t).cpu()
+    # Non-blocking from a GPU: the copy goes to pinned memory, queued behind the forward pass that makes
+    # it; predict synchronises once at the end. A CPU tensor is returned as it is.
+    return (t.float() if t.is_floating_point() else t).to("cpu", non_blocking=True)
 
 
 def _cat(parts: list[torch.Tensor]) -> np.ndarray:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from medflow.train.device import loader_kwargs
+from medflow.train.device import JobClaim, loader_kwargs, set_job_claim
 from medflow.train.loop import FitConfig, Tracking
 
 
@@ -19,25 +20,44 @@ from medflow.train.loop import FitConfig, Tracking
 class Job:
     """What a training or evaluation job gets from its rule besides inputs, outputs and params:
     ``threads`` (torch and loader workers), ``seed`` (config ``seed``), ``bf16`` (config
-    ``compute.bf16``), the rule's name (tagged in MLflow) and whether to record an MLflow run."""
+    ``compute.bf16``), the rule's name (tagged in MLflow), whether to record an MLflow run, ``gpus``
+    (the rule's ``gpu`` resource; None outside Snakemake) and ``loader_workers`` (DataLoader workers
+    on CUDA, ``params.loader_workers`` where the rule passes it)."""
 
     threads: int = 1
     seed: int = 0
     bf16: bool = True
     rule: str | None = None
     track: bool = True
+    gpus: int | None = None
+    loader_workers: int | None = None
 
     @classmethod
     def from_snakemake(cls, smk) -> Job:
-        """From a script's ``snakemake`` object: ``threads``, ``rule``, and ``params.seed`` and
-        ``params.bf16`` where the rule passes them (the defaults otherwise)."""
+        """From a script's ``snakemake`` object: ``threads``, ``rule``, ``resources.gpu``, and
+        ``params.seed``, ``params.bf16`` and ``params.loader_workers`` where the rule passes them (the
+        defaults otherwise).
+
+        Also records the claim for this process (``medflow.train.device.set_job_claim``: a workflow
+        script is one job), so ``select_device`` gives the job a GPU of its own, or fails when the
+        claimed GPU is unusable, and ``loader_kwargs`` uses its loader workers. GPU lock files go to
+        ``<config results>/.gpu_locks`` (read from the config: where locks live changes no output).
+        """
         params = getattr(smk, "params", None)
         kw: dict[str, Any] = {"threads": int(smk.threads), "rule": getattr(smk, "rule", None)}
-        for key, conv in (("seed", int), ("bf16", bool)):
+        for key, conv in (("seed", int), ("bf16", bool), ("loader_workers", int)):
             value = _get(params, key)
             if value is not None:
                 kw[key] = conv(value)
-        return cls(**kw)
+        gpus = _get(getattr(smk, "resources", None), "gpu")
+        if gpus is not None:
+            kw["gpus"] = int(gpus)
+        job = cls(**kw)
+        results = _get(getattr(smk, "config", None), "results") or "results"
+        set_job_claim(
+            JobClaim(gpus=job.gpus, loader_workers=job.loader_workers, lock_dir=os.path.join(results, ".gpu_locks"))
+        )
+        return job
 
 
 def _get(obj, key: str):
@@ -57,13 +77,15 @@ def make_loaders(
     device: torch.device,
     threads: int,
     drop_lone: bool = True,
+    cuda_workers: int | None = None,
     **kw,
 ) -> tuple[DataLoader, DataLoader]:
-    """A shuffled train loader and an ordered val loader with ``loader_kwargs(device, threads)``.
+    """A shuffled train loader and an ordered val loader with ``loader_kwargs(device, threads,
+    cuda_workers=cuda_workers)``.
 
-    The train order comes from torch's global generator, which ``fit`` seeds every epoch, so a
-    resumed run replays an uninterrupted one's shuffles; it is the order of
-    ``DataLoader(train_ds, batch_size=batch_size, shuffle=True, **loader_kwargs(...))``.
+    The train order and the loader workers' seeds come from torch's global generator, which ``fit``
+    seeds every epoch, so a resumed run replays an uninterrupted one's shuffles and augmentations; it
+    is the order of ``DataLoader(train_ds, batch_size=batch_size, shuffle=True, **loader_kwargs(...))``.
     ``drop_lone`` drops a last train batch of exactly one item (a different item each epoch), which
     BatchNorm cannot train on; ``False`` keeps every item. ``kw`` (e.g. ``collate_fn``) goes to both
     loaders. Pipelines that pack batches with their own batch sampler (MRNet: whole exams up to a
@@ -78,7 +100,7 @@ def make_loaders(
     bs = int(batch_size)
     if bs < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
-    lk = {**loader_kwargs(device, threads), **kw}
+    lk = {**loader_kwargs(device, threads, cuda_workers=cuda_workers), **kw}
     train = DataLoader(train_ds, batch_size=bs, shuffle=True, drop_last=drop_lone and len(train_ds) % bs == 1, **lk)
     val = DataLoader(val_ds, batch_size=bs, shuffle=False, **lk)
     return train, val
