@@ -66,3 +66,37 @@ def test_n4_job_granularity_is_a_config_choice(tmp_path, per_modality, n4_jobs):
     assert jobs["brats_n4"] == n4_jobs
     assert all(jobs[r] == 6 for r in ("brats_validate", "brats_trim", "brats_stack", "brats_patches"))
     assert jobs["synthetic_brats"] == 1 and jobs["brats_ingest"] == 1
+
+
+def test_per_case_jobs_plan_one_job_per_case(tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"brats": {"jobs": "per_case"}}))
+    jobs = planned_jobs(run_snakemake(tmp_path / "wd", "-n", *targets(), configfiles=[override]).stdout)
+    assert jobs == {"synthetic_brats": 1, "brats_ingest": 1, "brats_prep": 6}
+
+
+def test_per_case_jobs_write_the_same_files_as_per_stage_jobs(tiny_run, tmp_path):
+    """brats.jobs: per_case runs the same five stages in one job per case: every stack and patch file holds
+    the arrays the per-stage rules (the session's tiny run) wrote; a broken case fails only its own job."""
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"brats": {"jobs": "per_case"}}))
+    run_snakemake(tmp_path, "synthetic_brats", configfiles=[override])
+    t1 = tmp_path / RAW / BROKEN / f"{BROKEN}_t1.nii"
+    t1.write_bytes(t1.read_bytes()[:-2000])
+    proc = run_snakemake(tmp_path, "--keep-going", *targets(), configfiles=[override], check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "results" / "logs" / "brats_prep" / f"{BROKEN}.log").read_text()
+    assert f"ERROR: {RAW}/{BROKEN}/{BROKEN}_t1.nii: truncated or unreadable image data" in log
+    assert not (tmp_path / "results" / "brats" / "stack" / f"{BROKEN}.h5").exists()
+    for case in (c for c in CASES if c != BROKEN):
+        for stage, keys in (("stack", ("image", "label")), ("patches", ("image", "label"))):
+            with (
+                h5py.File(tmp_path / "results" / "brats" / stage / f"{case}.h5") as ours,
+                h5py.File(tiny_run / "results" / "brats" / stage / f"{case}.h5") as ref,
+            ):
+                for key in keys:
+                    assert (ours[key][...] == ref[key][...]).all(), f"{stage}/{case}.h5 {key}"
+                assert dict(ours.attrs).keys() == dict(ref.attrs).keys()
+        for stage in ("validate", "trim"):
+            ours = json.loads((tmp_path / "results" / "brats" / stage / f"{case}.json").read_text())
+            assert ours == json.loads((tiny_run / "results" / "brats" / stage / f"{case}.json").read_text())

@@ -1,20 +1,15 @@
-from medflow import io
 from medflow.ingest import releases
 from medflow.jobs import start
-from medflow.params import from_config
-from medflow.preprocess.stack import MODALITIES, StackParams, stack_case
+from medflow.preprocess.stack import stack_from_records
 
 log = start(snakemake)
-valid = io.read_json(snakemake.input.valid)
-trim = io.read_json(snakemake.input.trim)
-stack_case(
+stack_from_records(
     snakemake.wildcards.case,
-    dict(zip(MODALITIES, snakemake.input.images)),  # brats_n4 outputs, in modality order
+    list(snakemake.input.images),  # brats_n4 outputs, in modality order
     snakemake.input.seg,
-    trim["kept_z_range"],
+    snakemake.input.valid,
+    snakemake.input.trim,
     snakemake.output[0],
-    from_config(StackParams, snakemake.params.stack),
-    affine=valid["affine"],
-    source_files=[valid["source_files"][k] for k in (*MODALITIES, "seg")],
-    release=releases.get(snakemake.params.release),
+    snakemake.params.stack,
+    releases.get(snakemake.params.release),
 )

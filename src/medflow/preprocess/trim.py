@@ -7,12 +7,15 @@ never dropped). An optional margin of extra slices is kept at both ends, within 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
 
 from medflow.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def signal_per_slice(volume_xyz: np.ndarray) -> np.ndarray:
@@ -51,3 +54,13 @@ def trim_range(
     if rng is None:
         raise InputError(paths[0], "no slice carries signal in any modality")
     return {"kept_z_range": list(rng), "n_slices": int(profile.shape[0]), "margin": int(margin)}
+
+
+def write_trim(case: str, images, seg, margin: int, out) -> dict:
+    """The brats_trim stage: ``trim_range`` of the corrected images (and label, if any) written as JSON."""
+    from medflow import io
+
+    result = trim_range(list(images), margin, label_path=seg or None)
+    io.write_json(out, result)
+    log.info("%s: kept slices %s of %d", case, result["kept_z_range"], result["n_slices"])
+    return result
