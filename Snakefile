@@ -27,3 +27,9 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# `snakemake predict`: only the predictions on new data (predict.<data set>.input), with what they need.
+rule predict:
+    input:
+        [f for stage, files in FINAL_OUTPUTS.items() if stage.endswith("_predict") for f in files],

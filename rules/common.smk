@@ -95,6 +95,33 @@ def brats_raw(case):
     return raw_files(raw_dir("brats"), case, synthetic(), release=BRATS_RELEASE)
 
 
+# >>> brats_predict_cases
+@functools.cache
+def brats_predict_cases():
+    """Ids of the new BraTS cases to predict on (predict.brats.input), known before any job runs: the synthetic
+    unlabeled set's from config, else the case folders found (validation or training ids of the release; none
+    found: one error naming the folder and the patterns). Cached: input functions ask again and again."""
+    if str(config["predict"]["brats"]["input"]) == "synthetic":
+        from medflow.synthetic.brats import predict_case_ids
+
+        return predict_case_ids(config["synthetic"]["brats"])
+    from medflow.ingest.brats import discover_predict_cases
+
+    return discover_predict_cases(predict_input("brats"), release=BRATS_RELEASE)
+
+
+@functools.cache
+def brats_predict_raw(case):
+    """{modality: path} of a new case's files (no seg): a missing one is left out, so only its job fails."""
+    from medflow.ingest.brats import predict_files
+
+    synthetic_set = str(config["predict"]["brats"]["input"]) == "synthetic"
+    return predict_files(predict_input("brats"), case, synthetic_set, release=BRATS_RELEASE)
+
+
+# <<< brats_predict_cases
+
+
 # Each rules file registers its pipeline's metrics file (the one the report reads: its `headline`
 # block) and any other outputs that finish it; `all` and the report collect them.
 FINAL_METRICS = {}
@@ -109,6 +136,53 @@ def register_final(pipeline, metrics, outputs=()):
 
 def get_final_output():
     return [p for paths in FINAL_OUTPUTS.values() for p in paths]
+
+
+# Prediction on new data (config predict.<dataset>): where the unlabeled inputs lie. `synthetic` is the demo's
+# unlabeled set in the real layout, written by synthetic_<dataset>_predict under results/synthetic/<dataset>/predict/.
+PREDICT_SUBDIR = {
+    "brats": BRATS_RELEASE.validation_subdir,
+    "mrnet": "new_exams",
+    "rsna": "stage_2_test_images",
+    "oct": "new_scans",
+}
+
+
+def predict_input(dataset):
+    """The folder (or CSV) to predict on for `dataset`, or "" when its prediction is off."""
+    value = str(config["predict"][dataset]["input"])
+    if value != "synthetic":
+        return value
+    if not synthetic():
+        raise ValueError(f"predict.{dataset}.input is 'synthetic' but synthetic.enabled is false: name a folder or ''")
+    return f"{RESULTS}/synthetic/{dataset}/predict/{PREDICT_SUBDIR[dataset]}"
+
+
+def is_predicting(dataset, pipeline):
+    """Prediction runs for a data set when its input is set and the pipeline that trains its model is on."""
+    return is_activated(pipeline) and bool(config["predict"][dataset]["input"])
+
+
+# Each predict stage registers the summary JSON of its outputs ({"n_predicted", "n_excluded", "class_mix",
+# "figures"}, medflow.report) and any other files that finish it; `all` and the report's predictions section
+# collect them.
+FINAL_PREDICTIONS = {}
+
+
+def register_predictions(pipeline, summary, outputs=()):
+    if is_activated(pipeline):
+        FINAL_PREDICTIONS[pipeline] = summary
+        FINAL_OUTPUTS[f"{pipeline}_predict"] = [summary, *outputs]
+
+
+# The bootstrap settings every *_evaluate rule passes (evaluation.cams goes only to the classifiers that draw maps,
+# so changing it reruns no segmentation evaluation).
+BOOTSTRAP = {k: config["evaluation"][k] for k in ("bootstrap_samples", "confidence")}
+
+
+def synthetic_cfg(dataset):
+    """synthetic.<dataset> without its `predict` block: the unlabeled set's size never reruns the training data."""
+    return {k: v for k, v in config["synthetic"][dataset].items() if k != "predict"}
 
 
 def gpu_resource():

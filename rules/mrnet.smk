@@ -1,4 +1,5 @@
-# MRNet knee MRI: ingest -> one MRNet per task x plane x fold -> stacking + evaluation per task -> summary.
+# MRNet knee MRI: ingest -> one MRNet per task x plane x fold -> stacking + evaluation per task -> summary;
+# prediction on new exams with the nine all-train models and three stackers (docs/predict_mrnet.md).
 # The nine task x plane models (and their folds) are independent jobs: they run in parallel as far as
 # the `gpu` resource allows, locally or on SLURM. Library: medflow.ingest.mrnet, medflow.mrnet (docs/mrnet.md).
 from medflow.ingest.mrnet import PLANES as MRNET_PLANES
@@ -54,6 +55,7 @@ rule mrnet_train:
     params:
         root=raw_dir("mrnet"),
         train=MRNET_CFG["train"],
+        loader_workers=MRNET_CFG["train"]["loader_workers"],
         seed=config["seed"],
         bf16=config["compute"]["bf16"],
     script:
@@ -67,6 +69,8 @@ rule mrnet_evaluate:
         # plane by plane, fold by fold: the order the script reads them in
         predictions=expand(f"{MRNET_TRAIN}/predictions.csv", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
         summaries=expand(f"{MRNET_TRAIN}/train.json", plane=MRNET_PLANES, fold=MRNET_FOLDS, allow_missing=True),
+        # the all-train models, plane by plane: hashed into the stacker, and drawn in the class-activation maps
+        checkpoints=expand(f"{MRNET_TRAIN}/model.pt", plane=MRNET_PLANES, fold="all", allow_missing=True),
         store=ancient(MLFLOW_STORE),
     output:
         metrics=f"{MRNET_EVALUATE}/metrics.json",
@@ -78,6 +82,7 @@ rule mrnet_evaluate:
             labels={"task": "{task}", "figure": "ROC"},
         ),
         stacker=f"{MRNET_EVALUATE}/stacker.json",
+        cams=directory(f"{MRNET_EVALUATE}/cams"),
     log:
         f"{LOGS}/mrnet_evaluate/{{task}}.log",
     conda:
@@ -86,7 +91,9 @@ rule mrnet_evaluate:
         planes=MRNET_PLANES,
         folds=MRNET_FOLDS,
         evaluate=MRNET_CFG["evaluate"],
-        bootstrap=config["evaluation"],
+        bootstrap=BOOTSTRAP,
+        root=raw_dir("mrnet"),
+        cams=config["evaluation"]["cams"],
         seed=config["seed"],
     script:
         "../workflow/scripts/mrnet_evaluate.py"
@@ -108,6 +115,59 @@ rule mrnet_summary:
         tasks=MRNET_TASKS,
     script:
         "../workflow/scripts/mrnet_summary.py"
+
+
+if is_predicting("mrnet", "mrnet"):
+    # The nine all-train models and three stackers: this workflow's, or those of the results/mrnet folder named
+    # in predict.mrnet.models (its train/ and evaluate/ subfolders).
+    MRNET_MODELS = config["predict"]["mrnet"]["models"] or MRNET
+
+    rule mrnet_predict:
+        """New exams (a folder of {axial,coronal,sagittal}/<exam>.npy or a CSV of paths): per exam the three planes'
+        and the stacked probabilities of each task, the challenge's three-column file, excluded exams, CAMs."""
+        input:
+            exams=predict_input("mrnet"),
+            checkpoints=[
+                f"{MRNET_MODELS}/train/{task}/{plane}/fold_all/model.pt"
+                for task in MRNET_TASKS
+                for plane in MRNET_PLANES
+            ],
+            stackers=[f"{MRNET_MODELS}/evaluate/{task}/stacker.json" for task in MRNET_TASKS],
+            store=ancient(MLFLOW_STORE),
+        output:
+            predictions=report(
+                f"{MRNET}/predict/predictions.csv", category="mrnet", labels={"table": "predictions on new exams"}
+            ),
+            challenge=f"{MRNET}/predict/predictions_challenge.csv",
+            excluded=f"{MRNET}/predict/excluded.csv",
+            cams=directory(f"{MRNET}/predict/cams"),
+            summary=f"{MRNET}/predict/summary.json",
+            lineage=f"{MRNET}/predict/lineage.json",
+        log:
+            f"{LOGS}/mrnet_predict.log",
+        benchmark:
+            f"{BENCH}/mrnet_predict.tsv"
+        conda:
+            "../envs/medflow.yaml"
+        threads: config["compute"]["train_threads"]
+        resources:
+            gpu=gpu_resource(),
+        params:
+            models=config["predict"]["mrnet"]["models"],
+            cams=config["predict"]["cams"],
+            batch_slices=MRNET_CFG["train"]["batch_slices"],
+            tasks=MRNET_TASKS,
+            planes=MRNET_PLANES,
+            bf16=config["compute"]["bf16"],
+            seed=config["seed"],
+        script:
+            "../workflow/scripts/mrnet_predict.py"
+
+    register_predictions(
+        "mrnet",
+        rules.mrnet_predict.output.summary,
+        outputs=[rules.mrnet_predict.output.predictions, rules.mrnet_predict.output.challenge],
+    )
 
 
 register_final(

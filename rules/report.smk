@@ -13,6 +13,7 @@ rule report:
     input:
         metrics=list(FINAL_METRICS.values()),
         plots=[f for files in REPORT_PLOTS.values() for f in files],
+        predictions=list(FINAL_PREDICTIONS.values()),
         store=ancient(MLFLOW_STORE),
     output:
         html=report(f"{RESULTS}/report/report.html", category="Summary"),
@@ -24,6 +25,7 @@ rule report:
     params:
         pipelines=list(FINAL_METRICS),
         plots=REPORT_PLOTS,
+        predictions={p: str(f) for p, f in FINAL_PREDICTIONS.items()},
         config=config,
         mlflow_ui=config["report"]["mlflow_ui"],
     script:

@@ -1,6 +1,8 @@
 # RSNA pneumonia (DICOM): ingest (manifest + patient split) -> metadata table and EDA plots ->
-# preprocessing into one HDF5 -> the two-input CNN and its image-only comparison -> evaluation.
-# Library: medflow.ingest.rsna, medflow.rsna.{metadata,eda,preprocess,train,evaluate} (docs/rsna.md).
+# preprocessing into one HDF5 -> the two-input CNN and its image-only comparison -> evaluation (with
+# Grad-CAMs) -> prediction on a folder of new DICOMs (predict.rsna, docs/predict_rsna.md).
+# Library: medflow.ingest.rsna, medflow.rsna.{metadata,eda,preprocess,train,evaluate,predict} (docs/rsna.md).
+from medflow.lineage import checkpoint_path
 from medflow.rsna.eda import PLOTS as RSNA_EDA_PLOTS
 
 RSNA = f"{RESULTS}/rsna"
@@ -90,6 +92,8 @@ rule rsna_preprocess:
     threads: config["rsna"]["threads"]
     params:
         preprocess=config["rsna"]["preprocess"],
+        # the metadata table's (its ages over it are unknown): recorded with the features it shaped
+        max_age_years=config["rsna"]["metadata"]["max_age_years"],
     script:
         "../workflow/scripts/rsna_preprocess.py"
 
@@ -133,6 +137,7 @@ rule rsna_evaluate:
         metrics=f"{RSNA}/evaluate/metrics.json",
         roc=report(f"{RSNA}/evaluate/roc.png", category="rsna"),
         predictions=f"{RSNA}/evaluate/predictions.csv",
+        cams=directory(f"{RSNA}/evaluate/cams"),
     log:
         f"{LOGS}/rsna_evaluate.log",
     benchmark:
@@ -144,7 +149,8 @@ rule rsna_evaluate:
         gpu=gpu_resource(),
     params:
         evaluate=config["rsna"]["evaluate"],
-        bootstrap=config["evaluation"],
+        bootstrap=BOOTSTRAP,
+        cams=config["evaluation"]["cams"],
         seed=config["seed"],
         bf16=config["compute"]["bf16"],
     script:
@@ -152,3 +158,41 @@ rule rsna_evaluate:
 
 
 register_final("rsna", metrics=rules.rsna_evaluate.output.metrics, outputs=rules.rsna_eda.output)
+
+if is_predicting("rsna", "rsna"):
+
+    rule rsna_predict:
+        """P(pneumonia) per new DICOM with the checkpoint's own preprocessing: predictions, exclusions, CAMs."""
+        input:
+            images=predict_input("rsna"),
+            checkpoint=str(
+                checkpoint_path(config["predict"]["rsna"]["checkpoint"], f"{RSNA}/train/with_metadata/model.pt")
+            ),
+            store=ancient(MLFLOW_STORE),
+        output:
+            predictions=f"{RSNA}/predict/predictions.csv",
+            excluded=f"{RSNA}/predict/excluded.csv",
+            summary=f"{RSNA}/predict/summary.json",
+            lineage=f"{RSNA}/predict/lineage.json",
+            cams=directory(f"{RSNA}/predict/cams"),
+        log:
+            f"{LOGS}/rsna_predict.log",
+        benchmark:
+            f"{BENCH}/rsna_predict.tsv"
+        conda:
+            "../envs/medflow.yaml"
+        threads: config["compute"]["train_threads"]
+        resources:
+            gpu=gpu_resource(),
+        params:
+            # label 1 at the evaluation's threshold; preprocessing comes from the checkpoint, not from config
+            predict={
+                "threshold": config["rsna"]["evaluate"]["threshold"],
+                "batch_size": config["rsna"]["evaluate"]["batch_size"],
+                "cams": config["predict"]["cams"],
+            },
+            bf16=config["compute"]["bf16"],
+        script:
+            "../workflow/scripts/rsna_predict.py"
+
+    register_predictions("rsna", rules.rsna_predict.output.summary, outputs=[rules.rsna_predict.output.predictions])

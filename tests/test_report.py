@@ -132,3 +132,37 @@ def test_registered_plots_outside_the_metrics_folder_are_shown(tmp_path, store):
     assert (tmp_path / "r.html").read_text().count("data:image/png;base64") == 1
     _, md = _write(tmp_path, files, store)  # not registered: not found
     assert "roc.png" not in md
+
+
+def test_report_has_a_predictions_section_with_counts_class_mix_and_figures(tmp_path, store):
+    oct_dir = tmp_path / "oct"
+    io.write_json(oct_dir / "evaluate" / "metrics.json", {"headline": {"accuracy": _entry(0.8, 0.7, 0.9, 32)}})
+    fig = plt.figure()
+    fig.savefig(oct_dir / "predict_cam.png")
+    plt.close(fig)
+    io.write_json(
+        oct_dir / "predict" / "summary.json",
+        {
+            "n_predicted": 22,
+            "n_excluded": 2,
+            "class_mix": {"CNV": 10, "NORMAL": 12},
+            "figures": [str(oct_dir / "predict_cam.png"), str(oct_dir / "gone.png")],
+        },
+    )
+    io.write_json(tmp_path / "rsna" / "summary.json", {"n_predicted": 3})  # no n_excluded: reported, not fatal
+    report.write_report(
+        {"oct": str(oct_dir / "evaluate" / "metrics.json")},
+        tmp_path / "report" / "report.html",
+        tmp_path / "report" / "summary.md",
+        config={},
+        commit="abc",
+        tracking_uri=store,
+        predictions={"oct": str(oct_dir / "predict" / "summary.json"), "rsna": str(tmp_path / "rsna" / "summary.json")},
+    )
+    md = (tmp_path / "report" / "summary.md").read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "## Predictions on new data" in md
+    assert "| OCT retina (VGG16 transfer) | 22 | 2 | CNV 10, NORMAL 12 |" in md
+    assert "![predict_cam](../oct/predict_cam.png)" in md and "gone" not in md
+    assert "n_excluded" in md.split("RSNA pneumonia (two-input CNN) |")[1].splitlines()[0]
+    assert "<td>22</td><td>2</td><td>CNV 10, NORMAL 12</td>" in html and "alt='predict_cam'" in html

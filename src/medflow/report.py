@@ -89,6 +89,32 @@ def collect(
     return out
 
 
+def collect_predictions(summaries: Mapping[str, str] | None) -> dict[str, dict[str, Any]]:
+    """pipeline -> {"n_predicted", "n_excluded", "class_mix", "figures", "dir", "problem"} from each predict
+    stage's summary.json (``medflow.lineage``'s sibling contract); an unreadable summary is reported, not fatal."""
+    from medflow import io
+
+    out = {}
+    for pipeline, path in (summaries or {}).items():
+        entry: dict[str, Any] = {"dir": str(Path(path).parent), "problem": None}
+        try:
+            data = io.read_json(path)
+            entry.update(
+                n_predicted=int(data["n_predicted"]),
+                n_excluded=int(data["n_excluded"]),
+                class_mix={str(k): int(v) for k, v in dict(data.get("class_mix") or {}).items()},
+                figures=[str(f) for f in data.get("figures") or [] if Path(f).is_file()],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            entry.update(n_predicted=0, n_excluded=0, class_mix={}, figures=[], problem=f"{path}: {exc}")
+        out[pipeline] = entry
+    return out
+
+
+def _mix(class_mix: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in class_mix.items()) or "—"
+
+
 def write_report(
     metrics_files: Mapping[str, str],
     out_html: str | os.PathLike,
@@ -99,10 +125,15 @@ def write_report(
     mlflow_ui: str = "http://127.0.0.1:5000",
     max_plots: int = 12,
     plots: Mapping[str, Sequence[str]] | None = None,
+    predictions: Mapping[str, str] | None = None,
+    max_prediction_figures: int = 4,
 ) -> None:
+    """``predictions``: pipeline -> the summary.json of its predict stage (new, unlabeled data), shown in a
+    "Predictions" section: counts, class mix and up to ``max_prediction_figures`` overlays/CAMs each."""
     from medflow import io
 
     data = collect(metrics_files, plots)
+    predicted = collect_predictions(predictions)
     try:
         runs = mlflow_runs(tracking_uri, mlflow_ui)
     except Exception as exc:  # a remote server that is down must not lose the report
@@ -129,6 +160,20 @@ def write_report(
         rel = os.path.relpath(metrics_files[pipeline], out_md.parent)
         md.append(f"Metrics: [{Path(metrics_files[pipeline]).name}]({rel})")
         md += [""] + [f"![{Path(p).stem}]({os.path.relpath(p, out_md.parent)})" for p in d["plots"][:max_plots]]
+    if predicted:
+        md += [
+            "",
+            "## Predictions on new data",
+            "",
+            "| pipeline | predicted | excluded | class mix |",
+            "|---|---|---|---|",
+        ]
+        for pipeline, p in predicted.items():
+            mix = p["problem"] or _mix(p["class_mix"])
+            md.append(f"| {TITLES.get(pipeline, pipeline)} | {p['n_predicted']} | {p['n_excluded']} | {mix} |")
+        for p in predicted.values():
+            figures = p["figures"][:max_prediction_figures]
+            md += [""] + [f"![{Path(f).stem}]({os.path.relpath(f, out_md.parent)})" for f in figures]
     md += ["", "## MLflow runs", "", "| experiment | run | rule | status |", "|---|---|---|---|"]
     md += [f"| {r['experiment']} | [{r['run']}]({r['url']}) | {r['rule']} | {r['status']} |" for r in runs]
     md += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
@@ -157,6 +202,18 @@ def write_report(
         for p in d["plots"][:max_plots]:
             b64 = base64.b64encode(Path(p).read_bytes()).decode()
             parts.append(f"<img alt='{e(Path(p).stem)}' title='{e(Path(p).name)}' src='data:image/png;base64,{b64}'>")
+    if predicted:
+        parts.append("<h2>Predictions on new data</h2><table><tr><th>pipeline</th><th>predicted</th>")
+        parts.append("<th>excluded</th><th>class mix</th></tr>")
+        for pipeline, p in predicted.items():
+            mix = p["problem"] or _mix(p["class_mix"])
+            cells = (TITLES.get(pipeline, pipeline), p["n_predicted"], p["n_excluded"], mix)
+            parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in cells) + "</tr>")
+        parts.append("</table>")
+        for pipeline, p in predicted.items():
+            for f in p["figures"][:max_prediction_figures]:
+                b64 = base64.b64encode(Path(f).read_bytes()).decode()
+                parts.append(f"<img alt='{e(Path(f).stem)}' title='{e(pipeline)}' src='data:image/png;base64,{b64}'>")
     parts.append("<h2>MLflow runs</h2><table><tr><th>experiment</th><th>run</th><th>rule</th><th>status</th></tr>")
     for r in runs:
         link = f"<a href='{e(r['url'])}'>{e(r['run'])}</a>" if r["url"] else e(r["run"])

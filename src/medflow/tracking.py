@@ -146,7 +146,6 @@ def log_evaluation(
 
     import mlflow
 
-    from medflow.errors import InputError
     from medflow.evaluation.headline import headline_block
 
     block = headline_block(headline)
@@ -169,20 +168,67 @@ def log_evaluation(
         training_run_id = ",".join(training_run_id)
     if "training_run_id" in (tags or {}):
         raise ValueError("pass training_run_id as its own argument, not in tags")
-    paths = [Path(a) for a in artifacts]
-    for p in paths:  # before the run starts, so a missing file leaves no half-logged run
-        if not p.exists():
-            raise InputError(p, "evaluation artifact does not exist")
+    paths = _existing(artifacts, "evaluation")
     with run(
         experiment, run_name, params=params, tags={**(tags or {}), "training_run_id": training_run_id}, rule=rule
     ) as active:
         mlflow.log_metrics(metrics)
-        for p in paths:
-            if p.is_dir():
-                mlflow.log_artifacts(str(p), artifact_path=f"evaluation/{p.name}")
-            else:
-                mlflow.log_artifact(str(p), artifact_path="evaluation")
+        _log_artifacts(paths, "evaluation")
         return active.info.run_id
+
+
+def log_prediction(
+    experiment: str,
+    run_name: str,
+    *,
+    models: Sequence[Mapping[str, str]],
+    artifacts: Iterable[str | os.PathLike] = (),
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    rule: str | None = None,
+) -> str:
+    """Record one prediction run (on new data) as one MLflow run; return its run id.
+
+    ``models``: ``medflow.lineage.model_record`` dicts; each model is tagged ``training_run_id.<name>`` and
+    ``checkpoint_sha256.<name>`` (and ``training_run_id`` lists them all, comma-joined, as evaluation runs
+    do). ``metrics``: counts (items predicted, excluded), logged as given. ``artifacts``: files or folders,
+    logged under the artifact path ``predict``.
+    """
+    import mlflow
+
+    tags = {"stage": "predict", "training_run_id": ",".join(m["training_run_id"] for m in models)}
+    for m in models:
+        tags[f"training_run_id.{m['name']}"] = m["training_run_id"]
+        tags[f"checkpoint_sha256.{m['name']}"] = m["sha256"]
+    paths = _existing(artifacts, "prediction")
+    with run(experiment, run_name, params=params, tags=tags, rule=rule) as active:
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        _log_artifacts(paths, "predict")
+        return active.info.run_id
+
+
+def _existing(artifacts: Iterable[str | os.PathLike], what: str) -> list[Path]:
+    """The artifact paths, each checked to exist before a run starts (so a missing file leaves no
+    half-logged run)."""
+    from medflow.errors import InputError
+
+    paths = [Path(a) for a in artifacts]
+    for p in paths:
+        if not p.exists():
+            raise InputError(p, f"{what} artifact does not exist")
+    return paths
+
+
+def _log_artifacts(paths: Iterable[Path], under: str) -> None:
+    """Files under the artifact path ``under``; a folder keeps its name (``<under>/<folder>/...``)."""
+    import mlflow
+
+    for p in paths:
+        if p.is_dir():
+            mlflow.log_artifacts(str(p), artifact_path=f"{under}/{p.name}")
+        else:
+            mlflow.log_artifact(str(p), artifact_path=under)
 
 
 def _version() -> str:

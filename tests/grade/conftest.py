@@ -80,6 +80,20 @@ TRAIN = {
     "augment": {"hflip": True, "intensity": 0.1},
 }
 BOOTSTRAP = {"bootstrap_samples": 200, "confidence": 0.9}
+# What shaped the fixture's stacks, as brats_grade_train records it (brats.n4 and brats.trim of the rule).
+STACK_PREP = {
+    "n4": {"shrink_factor": 4, "iterations": [50, 50], "convergence_threshold": 0.001},
+    "trim": {"margin": 0},
+}
+SLICES = {"select": "top_k", "top_k": 3, "min_tumour_pixels": 5, "size": 64}  # 64 px: ResNet18's layer4 is 2 x 2
+EVAL_OUTPUTS = {
+    "metrics": "metrics.json",
+    "patients": "patients.csv",
+    "slices": "slice_predictions.csv",
+    "roc": "roc.png",
+    "confusion": "confusion.png",
+    "cams": "cams",
+}
 
 
 @pytest.fixture(scope="session")
@@ -120,28 +134,19 @@ def run(cases, tmp_path_factory):
     mp.setattr(grade_evaluate, "headline", lambda *a, **kw: headline_args.append((a, kw)) or real_headline(*a, **kw))
     torch.set_num_threads(1)
     try:
-        write_slices(stacks, split_csv, tmp / "slices.h5", select="top_k", top_k=3, min_tumour_pixels=5, size=32)
+        write_slices(stacks, split_csv, tmp / "slices.h5", **SLICES)
         stage["name"] = "train"
         result = train(
             {"slices": tmp / "slices.h5"},
             {"checkpoint": tmp / "model.pt", "curves": tmp / "curves.png"},
-            from_config(TrainParams, {"train": TRAIN, "aggregate": "mean"}),
+            from_config(TrainParams, {"train": TRAIN, "aggregate": "mean", "stack": STACK_PREP}),
             Job(threads=1, seed=0, bf16=False, rule="brats_grade_train"),
         )
         stage["name"] = "evaluate"
-        outputs = {
-            k: tmp / name
-            for k, name in (
-                ("metrics", "metrics.json"),
-                ("patients", "patients.csv"),
-                ("slices", "slice_predictions.csv"),
-                ("roc", "roc.png"),
-                ("confusion", "confusion.png"),
-            )
-        }
+        outputs = {k: tmp / name for k, name in EVAL_OUTPUTS.items()}
         params = from_config(
             EvaluateParams,
-            {"aggregate": "max", "evaluate": {"threshold": 0.5, "batch_size": 16}, "bootstrap": BOOTSTRAP},
+            {"aggregate": "max", "evaluate": {"threshold": 0.5, "batch_size": 16}, "bootstrap": BOOTSTRAP, "cams": 3},
         )
         metrics = evaluate(
             {"slices": tmp / "slices.h5", "split": split_csv, "checkpoint": tmp / "model.pt"},

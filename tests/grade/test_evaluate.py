@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from medflow.evaluation.classification import binary_report
-from medflow.grade.evaluate import Bootstrap, EvaluateParams, headline
+from medflow.grade.evaluate import Bootstrap, EvaluateParams, cam_patients, evaluate, headline
 from medflow.params import from_config
-from tests.grade.conftest import BOOTSTRAP
+from tests.grade.conftest import BOOTSTRAP, EVAL_OUTPUTS
 
 
 def test_evaluation_is_per_patient_with_slice_auc_beside_it(run):
@@ -109,11 +109,46 @@ def test_evaluation_run_is_named_after_the_rule_and_linked_to_training(run):
 def test_params_take_the_rules_blocks():
     root = Path(__file__).parents[2]
     cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    g = cfg["brats"]["grade"]
+    g, ev = cfg["brats"]["grade"], cfg["evaluation"]
+    # As brats_grade_evaluate passes them: the bootstrap keys of `evaluation`, its `cams` beside them.
+    bootstrap = {k: ev[k] for k in ("bootstrap_samples", "confidence")}
     params = from_config(
-        EvaluateParams, {"aggregate": g["aggregate"], "evaluate": g["evaluate"], "bootstrap": cfg["evaluation"]}
+        EvaluateParams,
+        {"aggregate": g["aggregate"], "evaluate": g["evaluate"], "bootstrap": bootstrap, "cams": ev["cams"]},
     )
-    assert params.bootstrap.bootstrap_samples == cfg["evaluation"]["bootstrap_samples"]
+    assert params.bootstrap.bootstrap_samples == ev["bootstrap_samples"] and params.cams == ev["cams"]
     assert params.evaluate.threshold == g["evaluate"]["threshold"]
     with pytest.raises(ValueError, match="'bootstrap'"):
         from_config(EvaluateParams, {"aggregate": "mean", "evaluate": g["evaluate"]})
+
+
+def test_cams_of_test_patients_are_drawn_both_grades_first(run):
+    cams = run["outputs"]["cams"]
+    split = run["split"].set_index("id")
+    pngs = sorted(p.stem for p in cams.glob("*.png"))
+    assert len(pngs) == run["params"].cams == 3 and all(split.at[c, "split"] == "test" for c in pngs)
+    assert set(split.loc[pngs, "grade"]) == {"HGG", "LGG"}
+    assert all((cams / f"{c}.png").stat().st_size > 2000 for c in pngs)
+
+
+def test_cam_patients_alternate_the_grades_by_id():
+    patients = pd.DataFrame({"id": ["d", "a", "c", "b", "e"], "label": [1, 1, 0, 1, 1]})
+    assert cam_patients(patients, 4) == ["a", "c", "b", "d"]
+    assert cam_patients(patients, 10) == ["a", "c", "b", "d", "e"] and cam_patients(patients, 0) == []
+
+
+def test_drawing_cams_changes_no_metric(run, cases, tmp_path):
+    """The same evaluation without CAMs (and without MLflow) writes the same metrics and predictions."""
+    from dataclasses import replace
+
+    from medflow.train import Job
+
+    outputs = {k: tmp_path / v for k, v in EVAL_OUTPUTS.items()}
+    inputs = {"slices": run["tmp"] / "slices.h5", "split": cases[1], "checkpoint": run["tmp"] / "model.pt"}
+    job = Job(threads=1, seed=run["seed"], bf16=False, track=False)
+    metrics = evaluate(inputs, outputs, replace(run["params"], cams=0), job)
+    assert not list(outputs["cams"].glob("*.png"))
+    assert metrics == run["metrics"]
+    assert outputs["metrics"].read_text() == run["outputs"]["metrics"].read_text()
+    for key in ("patients", "slices"):
+        assert outputs[key].read_text() == run["outputs"][key].read_text()

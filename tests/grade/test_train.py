@@ -10,7 +10,7 @@ import yaml
 from medflow.grade.train import TrainParams, class_weights
 from medflow.params import from_config
 from medflow.train import load_checkpoint
-from tests.grade.conftest import TRAIN
+from tests.grade.conftest import SLICES, STACK_PREP, TRAIN
 
 
 def test_training_monitors_patient_level_val_auc(run):
@@ -23,6 +23,17 @@ def test_training_monitors_patient_level_val_auc(run):
     assert ckpt["epoch"] == max(int(h["epoch"]) for h in hist if h["val_auc"] == best)
     assert ckpt["meta"]["in_channels"] == 4 and ckpt["meta"]["classes"] == ["LGG", "HGG"]
     assert ckpt["meta"]["aggregate"] == "mean"
+
+
+def test_checkpoint_records_its_pipeline_and_the_preprocessing_of_its_inputs(run):
+    meta = load_checkpoint(run["tmp"] / "model.pt")["meta"]
+    assert meta["pipeline"] == "brats_grade"
+    # The slice parameters come from the slice file (what made the training data), the stack's from the rule.
+    assert meta["preprocessing"] == {
+        "slices": SLICES,
+        "modalities": ["flair", "t1", "t1ce", "t2"],
+        "stack": STACK_PREP,
+    }
 
 
 def test_training_run_is_named_after_the_rule(run):

@@ -260,3 +260,77 @@ def test_every_missing_or_bad_mapping_row_is_reported_before_anything_is_written
         brats.write_manifest(raw, cases, tmp_path / "manifest.csv")
     assert_reported(exc.value, expected + [(raw / cases[2], "case folder not found")])
     assert not (tmp_path / "split.csv").exists() and not (tmp_path / "manifest.csv").exists()
+
+
+# New, unlabeled cases (the predict stage): the release's validation download, validated without seg.
+VAL_CASE = "BraTS20_Validation_001"
+
+
+@pytest.fixture(scope="module")
+def pristine_validation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pristine_validation") / "MICCAI_BraTS2020_ValidationData"
+    sb.generate_predict({**CFG, "predict": {"n_cases": 2}}, root, seed=3)
+    return root
+
+
+@pytest.fixture
+def validation(pristine_validation, tmp_path):
+    return shutil.copytree(pristine_validation, tmp_path / "MICCAI_BraTS2020_ValidationData")
+
+
+def test_unlabeled_case_is_valid_without_seg(validation):
+    info = brats.validate_case(validation, VAL_CASE, with_seg=False)
+    assert set(info["files"]) == set(brats.MODALITIES) and info["shape_xyz"] == CFG["shape_xyz"]
+    assert info["source_files"]["flair"] == f"{VAL_CASE}_flair.nii"
+    with pytest.raises(InputError, match="missing segmentation"):
+        brats.validate_case(validation, VAL_CASE)  # a training case needs its seg
+
+
+def test_a_seg_beside_a_new_case_is_ignored(raw):
+    """A training folder given to predict: its seg (even a broken one) plays no part."""
+    path(raw, "seg").write_text("not a nifti")
+    info = brats.validate_case(raw, CASE, with_seg=False)
+    assert "seg" not in info["files"]
+    assert brats.predict_files(raw, CASE) == {m: str(path(raw, m)) for m in brats.MODALITIES}
+
+
+def _val_path(root, kind):
+    return root / VAL_CASE / f"{VAL_CASE}_{kind}.nii"
+
+
+@pytest.mark.parametrize(
+    "kind,message,breakage",
+    [
+        ("t1ce", "missing t1ce modality", lambda p: p.unlink()),
+        ("t2", "shape [32, 32, 20] differs from flair's [32, 32, 24]",
+         lambda p: nib.save(nib.Nifti1Image(np.ones((32, 32, 20), np.int16), nib.load(p).affine), p)),
+        ("flair", "not a readable NIfTI", lambda p: p.write_bytes(b"\0" * 10)),
+    ],
+)  # fmt: skip
+def test_unlabeled_case_with_a_bad_file_gives_one_error_naming_it(validation, kind, message, breakage):
+    breakage(_val_path(validation, kind))
+    with pytest.raises(InputError) as exc:
+        brats.validate_case(validation, VAL_CASE, with_seg=False)
+    assert len(exc.value.errors) == 1 and "\n" not in str(exc.value)
+    assert exc.value.path == str(_val_path(validation, kind)) and message in exc.value.problem
+    brats.validate_case(validation, "BraTS20_Validation_002", with_seg=False)  # the other case is untouched
+
+
+def test_discover_predict_cases_takes_validation_and_training_ids(validation, pristine):
+    (validation / "README").mkdir()
+    shutil.copytree(pristine / CASE, validation / CASE)
+    assert brats.discover_predict_cases(validation) == [CASE, VAL_CASE, "BraTS20_Validation_002"]
+    assert brats.predict_files(validation, VAL_CASE, synthetic=True) == {
+        m: str(_val_path(validation, m)) for m in brats.MODALITIES
+    }
+
+
+def test_a_folder_without_cases_to_predict_names_the_folder_and_the_patterns(tmp_path):
+    (tmp_path / "BraTS-GLI-00001-000").mkdir()
+    with pytest.raises(InputError) as exc:
+        brats.discover_predict_cases(tmp_path)
+    assert exc.value.path == str(tmp_path)
+    assert r"BraTS20_Validation_\d+ or BraTS20_Training_\d+" in exc.value.problem
+    assert "found e.g. BraTS-GLI-00001-000 (the 2023-gli layout)" in exc.value.problem
+    with pytest.raises(InputError, match="not found"):
+        brats.discover_predict_cases(tmp_path / "absent")

@@ -199,3 +199,155 @@ def test_wrong_dtype_and_wrong_shape_of_one_array_are_two_problems(tmp_path):
     with pytest.raises(InputError) as err:
         mrnet.check_npy(p)
     assert_reported(err.value, [(p, "dtype float64"), (p, "slices of 256x128")])
+
+
+# --- new exams to predict: a folder or a CSV of paths -------------------------------------------------
+
+
+def _series(path, slices=3, size=256, dtype=np.uint8, ndim=3):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (slices, size, size)[-ndim:] if ndim <= 3 else (slices, size, size, 1)
+    np.save(path, np.zeros(shape, dtype))
+    return path
+
+
+def _exam(folder, exam, slices=(3, 4, 5), skip=()):
+    for plane, s in zip(PLANES, slices):
+        if plane not in skip:
+            _series(folder / plane / f"{exam}.npy", s)
+
+
+def test_new_exams_from_a_folder_keep_the_good_and_exclude_the_bad_with_the_file_named(tmp_path):
+    new = tmp_path / "new_exams"
+    _exam(new, "1250")
+    _exam(new, "knee_B-2.left")  # any safe id, not only digits
+    _exam(new, "1251", skip=("coronal",))
+    _exam(new, "1252")
+    _series(new / "sagittal" / "1252.npy", ndim=2)  # (256, 256): no slice axis
+    _exam(new, "1253")
+    _series(new / "axial" / "1253.npy", dtype=np.float32)
+    (new / "axial" / "1254.npy").write_bytes(b"not an array")
+    (new / "axial" / "._1250.npy").write_bytes(b"macOS resource fork")  # hidden: skipped
+    (new / "axial" / "notes.txt").write_text("ignored")
+    got = mrnet.discover_new(new)
+    assert got.order == ["1250", "1251", "1252", "1253", "1254", "knee_B-2.left"]
+    assert got.exams["id"].tolist() == ["1250", "knee_B-2.left"]
+    assert got.exams.loc[0, ["slices_axial", "slices_coronal", "slices_sagittal"]].tolist() == [3, 4, 5]
+    assert got.exams.loc[1, "path_coronal"] == str(new / "coronal" / "knee_B-2.left.npy")
+    reasons = dict(zip(got.excluded["exam"], got.excluded["reason"]))
+    assert list(reasons) == ["1251", "1252", "1253", "1254"]
+    assert reasons["1251"] == f"{new / 'coronal' / '1251.npy'}: missing"
+    assert reasons["1252"].startswith(f"{new / 'sagittal' / '1252.npy'}: 2 dimensions (256, 256)")
+    assert reasons["1253"] == f"{new / 'axial' / '1253.npy'}: dtype float32, expected uint8"
+    assert reasons["1254"].startswith(f"{new / 'axial' / '1254.npy'}: unreadable as a .npy array")
+    assert "missing" in reasons["1254"] and str(new / "coronal" / "1254.npy") in reasons["1254"]
+
+
+def test_the_in_plane_size_the_models_were_trained_on_is_checked(tmp_path):
+    _exam(tmp_path, "0001")
+    _series(tmp_path / "coronal" / "0001.npy", size=320)
+    _exam(tmp_path, "0002")
+    got = mrnet.discover_new(tmp_path, in_plane=256)
+    assert got.exams["id"].tolist() == ["0002"]
+    assert got.excluded["reason"].item() == f"{tmp_path / 'coronal' / '0001.npy'}: slices of 320x320, expected 256x256"
+
+
+def test_new_exams_from_a_csv_with_header(tmp_path):
+    data = tmp_path / "data"
+    _exam(data / "a", "e1")
+    _exam(data / "b", "e2")
+    _exam(data / "c", "e3")
+    csv = data / "exams.csv"
+    # Columns in any order; relative paths from the CSV's folder, or absolute ones inside it; an empty cell is
+    # a missing plane.
+    csv.write_text(
+        "sagittal,exam,axial,coronal\n"
+        "b/sagittal/e2.npy,second,b/axial/e2.npy,b/coronal/e2.npy\n"
+        f"{data / 'a/sagittal/e1.npy'},first,a/axial/e1.npy,./a/coronal/e1.npy\n"
+        "c/sagittal/e3.npy,third,c/axial/e3.npy,\n"
+        "\n"
+    )
+    got = mrnet.discover_new(csv)
+    assert got.order == ["second", "first", "third"]
+    assert got.exams["id"].tolist() == ["second", "first"]
+    assert got.exams.loc[1, "path_coronal"] == str(data / "a" / "coronal" / "e1.npy")
+    assert got.exams.loc[0, "slices_sagittal"] == 5
+    assert got.excluded.to_dict("records") == [{"exam": "third", "reason": f"{csv}: line 4: no coronal path"}]
+
+
+def test_the_challenge_paths_csv_three_lines_per_exam(tmp_path):
+    """``valid-paths.csv`` of the MRNet challenge: no header, one path per line, the planes in any order
+    within an exam's three lines (implementations differ), paths relative to the folder it lies in."""
+    for exam in ("1130", "1131"):
+        _exam(tmp_path / "MRNet-v1.0" / "valid", exam)
+    csv = tmp_path / "valid-paths.csv"
+    lines = [f"MRNet-v1.0/valid/{p}/{e}.npy" for e in ("1131", "1130") for p in ("sagittal", "coronal", "axial")]
+    csv.write_text("\n".join(lines) + "\n")
+    got = mrnet.discover_new(csv)
+    assert got.order == ["1131", "1130"] and got.exams["id"].tolist() == ["1131", "1130"]
+    assert got.exams.loc[0, "path_axial"] == str(tmp_path / "MRNet-v1.0/valid/axial/1131.npy")
+    assert got.exams.loc[1, "slices_coronal"] == 4 and got.excluded.empty
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("exam,axial,coronal,sagittal\n../../x,a.npy,b.npy,c.npy\n", "line 2: exam id '../../x' cannot name an output"),
+        ("exam,axial,coronal,sagittal\n.hidden,a.npy,b.npy,c.npy\n", "line 2: exam id '.hidden' cannot name"),
+        ("exam,axial,coronal,sagittal\ne1,../a.npy,b.npy,c.npy\n", "line 2: path '../a.npy' lies outside the CSV's"),
+        ("exam,axial,coronal,sagittal\ne1,sub/../../a.npy,b.npy,c.npy\n", "path 'sub/../../a.npy' lies outside"),
+        ("exam,axial,coronal,sagittal\ne1,/etc/a.npy,b.npy,c.npy\n", "line 2: path '/etc/a.npy' lies outside"),
+        ("exam,axial,coronal,sagittal\ne1,a.npy,b.npy,c.npy\ne1,d.npy,e.npy,f.npy\n", "line 3: exam e1 listed twice"),
+        ("exam,axial,coronal,sagittal\ne1,a.npy,b.npy\n", "line 2: 3 fields, expected 4"),
+        ("exam,axial,coronal,sagittal\n", "a header but no exams"),
+        ("id,path\n1,a.npy\n", "line 1: expected the header exam,axial,coronal,sagittal or the challenge's"),
+        ("v/axial/1.npy\nv/coronal/1.npy\n", "2 paths: expected three lines per exam"),
+        ("v/axial/1.npy\nv/coronal/1.npy\nv/coronal/1.npy\n", "lines 1-3: expected one .npy series in each of"),
+        ("v/axial/1.npy\nv/coronal/2.npy\nv/sagittal/1.npy\n", "lines 1-3: the three planes of one exam must share"),
+        ("v/axial/../../1.npy\nv/coronal/1.npy\nv/sagittal/1.npy\n", "lines 1-3: expected one .npy series"),
+        ("../axial/1.npy\n../coronal/1.npy\n../sagittal/1.npy\n", "lines 1-3: path '../axial/1.npy' lies outside"),
+        ("", "no rows"),
+    ],
+)
+def test_a_csv_with_an_unsafe_id_a_path_outside_or_a_bad_shape_is_refused(tmp_path, text, problem):
+    csv = tmp_path / "exams.csv"
+    csv.write_text(text)
+    with pytest.raises(InputError) as err:
+        mrnet.discover_new(csv)
+    assert err.value.path == str(csv) and problem in err.value.problem, str(err.value)
+
+
+def test_every_unsafe_id_of_a_csv_is_reported_together(tmp_path):
+    csv = tmp_path / "exams.csv"
+    csv.write_text("exam,axial,coronal,sagittal\na/b,a.npy,b.npy,c.npy\nok,a.npy,../b.npy,c.npy\n")
+    with pytest.raises(InputError) as err:
+        mrnet.discover_new(csv)
+    assert_reported(err.value, [(csv, "line 2: exam id 'a/b'"), (csv, "line 3: path '../b.npy' lies outside")])
+
+
+def test_a_folder_with_an_unsafe_file_name_is_refused(tmp_path):
+    _exam(tmp_path, "0001")
+    _exam(tmp_path, "knee 2")
+    with pytest.raises(InputError) as err:
+        mrnet.discover_new(tmp_path)
+    assert err.value.path == str(tmp_path / "axial" / "knee 2.npy")
+    assert err.value.problem.startswith("exam id 'knee 2' cannot name an output file")
+
+
+def test_no_usable_exam_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match="missing: expected a folder of") as err:
+        mrnet.discover_new(tmp_path / "nowhere")
+    assert err.value.path == str(tmp_path / "nowhere")
+    with pytest.raises(InputError, match="no axial, coronal or sagittal folder"):
+        mrnet.discover_new(tmp_path)
+    for plane in PLANES:
+        (tmp_path / plane).mkdir()
+    with pytest.raises(InputError, match="no exams: no .npy series") as err:
+        mrnet.discover_new(tmp_path)
+    assert type(err.value) is InputError and err.value.path == str(tmp_path)
+    _exam(tmp_path, "0001", skip=("sagittal",))
+    _exam(tmp_path, "0002", skip=("axial",))
+    with pytest.raises(InputError) as err:
+        mrnet.discover_new(tmp_path)
+    assert type(err.value) is InputError and err.value.path == str(tmp_path)
+    assert err.value.problem == f"no usable exam (2 excluded: {tmp_path / 'sagittal' / '0001.npy'}: missing)"

@@ -1,13 +1,16 @@
 """OCT2017 ingest: discovery, the manifest and split file, and one InputError naming the file for
-each kind of bad input (unreadable image, missing class folder, name not matching the pattern)."""
+each kind of bad input (unreadable image, missing class folder, name not matching the pattern, unsafe id); new
+scans to predict on: any tree of JPEG/PNG files, each bad file excluded with its reason."""
 
 import logging
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
 from medflow.errors import InputError
 from medflow.ingest import oct as ing
@@ -205,3 +208,101 @@ def test_a_name_in_two_folders_is_one_problem_naming_both(root):
     with pytest.raises(InputError, match="more than one folder") as e:
         ing.discover(root)
     assert e.value.path == str(src) and f"test/CNV/{src.name}" in e.value.problem
+
+
+@pytest.mark.parametrize(
+    ("name", "what"), [("CNV-\u0661\u0662\u0663-1.jpeg", "patient id"), ("CNV-123-1\u0662.jpeg", "image id")]
+)
+def test_a_name_that_cannot_name_an_output_file_is_refused_at_ingest(root, name, what):
+    """The pattern's \\d matches non-ASCII digits: such a name passes it, but the image id names CAM files."""
+    bad = root / "train" / "CNV" / name
+    shutil.copy(a_file(root, "train", "CNV"), bad)
+    with pytest.raises(InputError, match=f"{what} .* cannot name an output file") as e:
+        ing.discover(root)
+    assert e.value.path == str(bad)
+
+
+# --- new scans to predict on ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def new_scans(pristine, tmp_path):
+    """A tree of new scans: JPEG and PNG, grey and RGB, two folders deep, and a hidden file and folder."""
+    src = a_file(pristine, "test", "CNV")
+    folder = tmp_path / "scans"
+    (folder / "a" / "b").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    shutil.copy(src, folder / "one.jpeg")
+    shutil.copy(src, folder / "a" / "b" / "two.JPG")
+    with Image.open(src) as im:
+        im.save(folder / "a" / "three.png")
+        im.convert("RGB").save(folder / "a" / "b" / "four.png")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    shutil.copy(src, folder / ".hidden" / "five.jpeg")
+    return folder
+
+
+def test_new_scans_are_found_in_the_whole_tree_with_path_ids(new_scans):
+    scans, excluded = ing.discover_scans(new_scans)
+    assert scans["path"].tolist() == ["a/b/four.png", "a/b/two.JPG", "a/three.png", "one.jpeg"]
+    assert scans["id"].tolist() == ["a__b__four", "a__b__two", "a__three", "one"]
+    assert scans["mode"].tolist() == ["RGB", "L", "L", "L"] and excluded.empty
+    assert ing.scan_files(new_scans) == [str(new_scans / p) for p in scans["path"]]  # hidden ones left out
+
+
+def test_bad_new_scans_are_excluded_with_a_reason_each(new_scans):
+    src = new_scans / "one.jpeg"
+    (new_scans / "a" / "readme.md").write_text("hello")
+    (new_scans / "a" / "cut.jpeg").write_bytes(src.read_bytes()[:300])
+    (new_scans / "a" / "fake.png").write_bytes(b"\x89PNG but not really")
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(new_scans / "deep.png")  # 16-bit grey
+    (new_scans / "Patient 1").mkdir()
+    shutil.copy(src, new_scans / "Patient 1" / "x.jpeg")
+    shutil.copy(src, new_scans / "a__three.jpeg")  # the id of a/three.png
+    with Image.open(src) as im:
+        im.save(new_scans / "a" / "tiff.png", format="TIFF")
+    scans, excluded = ing.discover_scans(new_scans)
+    assert len(scans) == 4
+    reasons = dict(zip(excluded["file"], excluded["reason"]))
+    expected = {
+        "a/readme.md": "not a scan",
+        "a/cut.jpeg": "unreadable image",
+        "a/fake.png": "unreadable image",
+        "deep.png": "unexpected image mode I",
+        "Patient 1/x.jpeg": "folder name 'Patient 1' cannot name an output file",
+        "a__three.jpeg": "id 'a__three' is also that of a/three.png",
+        "a/tiff.png": "not a JPEG or PNG image (PIL reads it as TIFF)",
+    }
+    assert set(reasons) == set(expected)
+    for file, words in expected.items():
+        assert words in reasons[file], (file, reasons[file])
+
+
+def test_no_usable_scan_or_no_folder_is_one_input_error(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InputError, match="the folder is empty") as e:
+        ing.discover_scans(tmp_path / "empty")
+    assert type(e.value) is InputError
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"no")
+    with pytest.raises(InputError, match=r"1 file\(s\), none usable \(first: a.png: unreadable") as e:
+        ing.discover_scans(tmp_path / "junk")
+    assert type(e.value) is InputError and e.value.path == str(tmp_path / "junk")
+    with pytest.raises(InputError, match="not found"):
+        ing.discover_scans(tmp_path / "nowhere")
+
+
+def test_predict_inputs_are_the_files_of_a_folder_or_the_folder_itself(new_scans, tmp_path):
+    assert ing.predict_inputs(new_scans) == ing.scan_files(new_scans) and len(ing.scan_files(new_scans)) == 4
+    assert ing.predict_inputs(new_scans, written_by_workflow=True) == [str(new_scans)]
+    assert ing.predict_inputs(tmp_path / "nowhere") == [str(tmp_path / "nowhere")]
+
+
+@pytest.mark.parametrize(
+    ("relative", "problem"),
+    [("..x/a.png", "folder name '..x'"), ("a/.b.png", "file name '.b'"), ("é/a.png", "folder name 'é'")],
+)
+def test_scan_id_refuses_unsafe_names(relative, problem):
+    with pytest.raises(InputError, match=problem):
+        ing.scan_id(relative)
+    assert ing.scan_id("x/y.z/scan-1.png") == "x__y.z__scan-1"

@@ -9,6 +9,7 @@ import pytest
 from medflow.errors import InputError
 from medflow.ingest import rsna
 from medflow.synthetic.rsna import write_dataset
+from tests.ingest.problems import assert_reported
 
 LABELS, CLASSES, IMAGES = rsna.LABELS, rsna.CLASSES, rsna.IMAGES
 FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
@@ -161,3 +162,33 @@ def test_every_bad_line_of_a_csv_is_reported(raw):
         rsna.read_labels(raw / LABELS)
     assert [e.problem.split(":")[0] for e in err.value.errors] == ["line 5", "line 3"]
     assert "Target must be 0 or 1, got '2'" in err.value.errors[1].problem
+
+
+def test_an_unsafe_patient_id_is_refused_naming_the_csv_and_its_line(raw, tmp_path):
+    """A patientId names per-patient outputs (CAM PNGs): one that would leave its folder never gets that far."""
+    _edit_csv(raw / LABELS, lambda d: d.assign(patientId=d["patientId"].where(d.index != 2, "../../x")))
+    with pytest.raises(InputError) as err:
+        rsna.ingest(raw, tmp_path / "m.csv", tmp_path / "s.csv", FRACTIONS, seed=1)
+    assert len(err.value.errors) == 1 and err.value.path == str(raw / LABELS)
+    assert err.value.problem.startswith("line 4: patientId '../../x' cannot name an output file")
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "s.csv").exists()
+    # in both CSVs (consistent with each other): one line each
+    _edit_csv(raw / CLASSES, lambda d: d.assign(patientId=d["patientId"].where(d.index != 0, "..\\x")))
+    with pytest.raises(InputError) as err:
+        rsna.discover(raw)
+    assert_reported(
+        err.value,
+        [
+            (raw / LABELS, "line 4: patientId '../../x' cannot name an output file"),
+            (raw / CLASSES, "line 2: patientId '..\\\\x' cannot name an output file"),
+        ],
+    )
+
+
+def test_an_unsafe_dicom_file_name_is_refused(raw):
+    path = next((raw / IMAGES).glob("*.dcm"))
+    path.rename(raw / IMAGES / ".hidden.dcm")
+    with pytest.raises(InputError) as err:
+        rsna.discover(raw)
+    lines = {e.path: e.problem for e in err.value.errors}
+    assert "patientId (the file name) '.hidden' cannot name an output file" in lines[str(raw / IMAGES / ".hidden.dcm")]

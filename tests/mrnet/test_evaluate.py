@@ -151,7 +151,7 @@ def test_evaluate_writes_metrics_predictions_roc_and_stacker(jobs, caplog):
     from medflow.mrnet.stacking import Stacker
 
     st = Stacker.load(d / "stacker.json")
-    assert st.extra == {"task": "acl"}
+    assert st.extra == {"task": "acl", "pipeline": "mrnet"}  # no checkpoints given: no hashes recorded
     np.testing.assert_allclose(st.predict_proba(table), table["stacked"], atol=2e-6)
 
 

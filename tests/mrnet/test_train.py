@@ -115,6 +115,10 @@ def test_training_outputs(pipeline):
     for fold, summary in pipeline["summaries"].items():
         ckpt = load_checkpoint(d / f"fold_{fold}" / "model.pt")  # weights_only
         assert ckpt["meta"]["fold"] == fold and ckpt["meta"]["image_size"] == 64
+        # What the predict stage reads: whose checkpoint, for what, and what shaped its input.
+        meta = ckpt["meta"]
+        assert (meta["pipeline"], meta["task"], meta["plane"]) == ("mrnet", "abnormal", "sagittal")
+        assert meta["preprocessing"] == {"in_plane": 256, "image_size": 64}
         assert ckpt["mlflow_run_id"] == summary["mlflow_run_id"] == pipeline["results"][fold].run_id != ""
         assert summary["best_epoch"] == pipeline["results"][fold].best_epoch >= 1
         assert (d / f"fold_{fold}" / "curves.png").exists()

@@ -1,5 +1,5 @@
-"""One tiny OCT2017 tree run end to end (ingest -> oct_train -> oct_evaluate, MLflow on), shared by the tests
-of train, evaluate and predict."""
+"""One tiny OCT2017 tree run end to end (ingest -> oct_train -> oct_evaluate with CAMs, MLflow on), shared by the
+tests of train, evaluate and predict."""
 
 import logging
 
@@ -23,6 +23,7 @@ TRAIN = {
 }
 BOOTSTRAP = {"bootstrap_samples": 200, "confidence": 0.9}
 EVAL_SEED = 3
+EVAL_CAMS = 5  # more than the four classes: one class gets a second map
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +90,11 @@ def run(tmp_path_factory):
             "metrics": tmp / "metrics.json",
             "predictions": tmp / "predictions.csv",
             "confusion": tmp / "confusion.png",
+            "cams": tmp / "cams",
         }
         params = from_config(
-            EvaluateParams, {"root": str(root), "evaluate": {"top_k": 2, "batch_size": 16}, "bootstrap": BOOTSTRAP}
+            EvaluateParams,
+            {"root": str(root), "evaluate": {"top_k": 2, "batch_size": 16}, "bootstrap": BOOTSTRAP, "cams": EVAL_CAMS},
         )
         report = evaluate(
             {"split": tmp / "split.csv", "checkpoint": tmp / "model.pt"},

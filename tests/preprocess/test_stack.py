@@ -310,3 +310,13 @@ def test_stack_with_a_raw_label_4_is_refused(case_files, tmp_path):
         f["label"][...] = np.where(label == 3, 4, label)  # not converted to the stored 3
     with pytest.raises(InputError, match="case.h5: 'label' holds values \\[4\\]"):
         read_stack(path)
+
+
+def test_a_new_case_without_segmentation_stacks_without_a_label(case_files, tmp_path):
+    mods, seg_path, _ = case_files
+    stack_case(CASE, mods, None, KEPT, tmp_path / "new.h5", StackParams(), release=releases.get("2020"))
+    stack_case(CASE, mods, seg_path, KEPT, tmp_path / "labelled.h5", StackParams())
+    with h5py.File(tmp_path / "new.h5") as new, h5py.File(tmp_path / "labelled.h5") as labelled:
+        assert "label" not in new and (new["image"][...] == labelled["image"][...]).all()
+        assert json.loads(new.attrs["source_files"]) == [f"{CASE}_{m}.nii" for m in MODALITIES]
+    assert read_stack(tmp_path / "new.h5", with_label=False).image.shape == (4, KEPT[1] - KEPT[0], 12, 10)

@@ -11,9 +11,10 @@ from snakemake.utils import update_config, validate
 
 from medflow.params import from_config
 from medflow.rsna.evaluate import EvaluateParams
+from medflow.rsna.predict import PredictParams
 from medflow.rsna.preprocess import PreprocessConfig
 from medflow.rsna.train import TrainParams
-from medflow.synthetic.rsna import settings
+from medflow.synthetic.rsna import predict_settings, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = str(ROOT / "config" / "schema.yaml")
@@ -32,8 +33,15 @@ def test_configs_validate_and_build(extra):
     validate(copy.deepcopy(cfg), schema=SCHEMA)
     PreprocessConfig.from_params(cfg["rsna"]["preprocess"])
     from_config(TrainParams, {"variant": "with_metadata", "train": cfg["rsna"]["train"]}).train.model_config()
-    from_config(EvaluateParams, {"evaluate": cfg["rsna"]["evaluate"], "bootstrap": cfg["evaluation"]})
+    # as the rules pass them: evaluation.cams apart from the bootstrap settings
+    bootstrap = {k: v for k, v in cfg["evaluation"].items() if k != "cams"}
+    evaluate = {"evaluate": cfg["rsna"]["evaluate"], "bootstrap": bootstrap, "cams": cfg["evaluation"]["cams"]}
+    assert from_config(EvaluateParams, evaluate).cams == cfg["evaluation"]["cams"]
+    ev = cfg["rsna"]["evaluate"]
+    predict = {"threshold": ev["threshold"], "batch_size": ev["batch_size"], "cams": cfg["predict"]["cams"]}
+    from_config(PredictParams, predict)
     settings(cfg["synthetic"]["rsna"])
+    assert predict_settings(cfg["synthetic"]["rsna"])["n_images"] >= 1
 
 
 @pytest.mark.parametrize(
@@ -43,6 +51,8 @@ def test_configs_validate_and_build(extra):
         (("rsna", "preprocess", "window", "mode"), "auto"),
         (("rsna", "preprocess", "clahe", "tiles"), [8]),
         (("synthetic", "rsna", "n_patient"), 10),
+        (("synthetic", "rsna", "predict", "n_image"), 10),
+        (("predict", "rsna", "checkpiont"), ""),
     ],
 )
 def test_typos_and_bad_values_are_rejected(path, value):

@@ -74,3 +74,20 @@ def test_unsupported_transfer_syntax_and_colour_are_reported_not_raised_raw(tmp_
     ds.PhotometricInterpretation = "RGB"
     with pytest.raises(dcm.UnsupportedPixels, match="not greyscale"):
         dcm.decode_pixels(ds)
+
+
+def test_only_single_projection_radiographs_are_radiographs(tmp_path):
+    write_dicom(tmp_path / "cr.dcm", np.zeros((8, 8), np.uint8), {}, (1,))
+    ds = pydicom.dcmread(tmp_path / "cr.dcm")
+    assert ds.Modality == "CR" and dcm.radiograph_problem(ds) is None
+    ds.Modality = "DX"
+    assert dcm.radiograph_problem(ds) is None
+    ds.Modality = "CT"
+    assert dcm.radiograph_problem(ds) == "Modality CT, not CR/DX"
+    del ds.Modality  # no Modality: the SOP class decides
+    assert dcm.radiograph_problem(ds) is None
+    ds.SOPClassUID = pydicom.uid.MRImageStorage
+    assert dcm.radiograph_problem(ds) == "SOP class MR Image Storage"
+    ds.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    ds.NumberOfFrames = 12
+    assert dcm.radiograph_problem(ds) == "12 frames, not one image"

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from medflow.errors import InputError
@@ -17,20 +18,23 @@ from medflow.train import Job
 from tests.rsna.conftest import VARIANTS
 
 N_BOOT, LEVEL, SEED = 200, 0.8, 5  # not the defaults, so the plumbing of each one is checked
+CAMS = 2
 
 
-def _params(threshold=0.5):
+def _params(threshold=0.5, cams=0):
     return from_config(
         ev.EvaluateParams,
         {
             "evaluate": {"threshold": threshold, "batch_size": 4},
             "bootstrap": {"bootstrap_samples": N_BOOT, "confidence": LEVEL},
+            "cams": cams,
         },
     )
 
 
-def _outputs(d):
-    return {"metrics": d / "metrics.json", "roc": d / "roc.png", "predictions": d / "predictions.csv"}
+def _outputs(d, cams=False):
+    out = {"metrics": d / "metrics.json", "roc": d / "roc.png", "predictions": d / "predictions.csv"}
+    return {**out, "cams": d / "cams"} if cams else out
 
 
 def _inputs(prepared, checkpoints):
@@ -56,7 +60,10 @@ def evaluated(prepared, trained, tmp_path_factory):
         # the image-only checkpoint first: the metrics keep their own order whatever the input order
         ckpts = [str(trained["checkpoints"][v]) for v in reversed(VARIANTS)]
         metrics = ev.evaluate(
-            _inputs(prepared, ckpts), _outputs(d), _params(), Job(threads=1, seed=SEED, rule="rsna_evaluate")
+            _inputs(prepared, ckpts),
+            _outputs(d, cams=True),
+            _params(cams=CAMS),
+            Job(threads=1, seed=SEED, rule="rsna_evaluate"),
         )
     finally:
         mp.undo()
@@ -124,6 +131,25 @@ def test_one_mlflow_run_links_both_training_runs(evaluated, trained):
         "evaluation/roc.png",
         "evaluation/predictions.csv",
     }
+
+
+def test_cams_of_the_two_input_model_for_its_highest_scored_test_images_leave_the_metrics_alone(
+    evaluated, prepared, trained, tmp_path
+):
+    d, metrics = evaluated["dir"], evaluated["metrics"]
+    preds = pd.read_csv(d / "predictions.csv", dtype={"patientId": str})
+    top = preds.sort_values("prob_with_metadata", ascending=False, kind="stable")["patientId"].iloc[:CAMS]
+    assert sorted(p.name for p in (d / "cams").iterdir()) == sorted(f"{p}.png" for p in top)
+    for p in (d / "cams").iterdir():
+        assert np.asarray(Image.open(p).convert("L")).std() > 10, "an image with its map, not a blank PNG"
+    plain = ev.evaluate(
+        _inputs(prepared, [str(trained["checkpoints"][v]) for v in VARIANTS]),
+        _outputs(tmp_path),
+        _params(),
+        Job(threads=1, seed=SEED, track=False),
+    )
+    assert {k: v for k, v in metrics.items() if k != "mlflow_run_id"} == plain
+    assert (tmp_path / "predictions.csv").read_text() == (d / "predictions.csv").read_text()
 
 
 def test_a_checkpoint_trained_on_other_features_is_an_input_error(prepared, trained, tmp_path):

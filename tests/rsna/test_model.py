@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medflow.errors import InputError
-from medflow.rsna.model import ModelConfig, TwoInputNet, load_model, normalise
+from medflow.rsna.model import ModelConfig, TwoInputNet, cam_layer, load_model, normalise
 from medflow.train import load_checkpoint
 
 
@@ -74,3 +74,9 @@ def test_load_model_names_a_checkpoint_of_another_model(tmp_path):
     torch.save({"state_dict": {}, "meta": {"model": {}}}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="other.pt: not an RSNA checkpoint: its meta lacks meta_features, use_meta"):
         load_model(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("backbone, layer", [("simple", "image_branch.4"), ("resnet18", "image_branch.layer4.1.conv2")])
+def test_cams_look_at_the_last_convolution_of_the_image_branch(backbone, layer):
+    model = TwoInputNet(3, ModelConfig(backbone=backbone, channels=[4, 8]))
+    assert cam_layer(model) == layer and isinstance(dict(model.named_modules())[layer], torch.nn.Conv2d)

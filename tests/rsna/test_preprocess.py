@@ -152,3 +152,81 @@ def test_nothing_usable_is_an_input_error(rsna_raw, tmp_path):
     with pytest.raises(InputError, match="no usable image"):
         pp.write_hdf5(table, manifest, tmp_path / "x.h5", pp.PreprocessConfig())
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_prepare_dicom_gives_the_hdf5_image_and_features_whatever_the_header(tmp_path):
+    """One new DICOM through prepare_dicom equals the metadata table (through its CSV) and the HDF5 rows of
+    the same file, for header quirks: no age, an implausible age (over max_age_years), no PixelSpacing,
+    ImagerPixelSpacing only, anisotropic pixels, a header window, MONOCHROME1, an unknown view."""
+    ph = _phantom(48, 40)
+    files = {
+        "a": (
+            ph.astype(np.uint8),
+            {"PatientAge": "045Y", "PatientSex": "M", "ViewPosition": "AP", "PixelSpacing": [0.5, 0.4]},
+        ),
+        "b": (
+            ph,
+            {"BitsStored": 12, "WindowCenter": 1700, "WindowWidth": 3000, "PatientSex": "F", "ViewPosition": "LL"},
+        ),
+        "c": (
+            (4095 - ph).astype(np.uint16),
+            {
+                "BitsStored": 12,
+                "PhotometricInterpretation": "MONOCHROME1",
+                "PatientAge": "095Y",
+                "ImagerPixelSpacing": [0.3, 0.3],
+            },
+        ),
+        "d": (
+            ph.astype(np.uint8),
+            {"PatientAge": "006M", "PatientSex": "O", "ViewPosition": "PA", "PixelSpacing": [0.4, 0.5]},
+        ),
+    }
+    for i, (pid, (pixels, tags)) in enumerate(files.items()):
+        write_dicom(tmp_path / f"{pid}.dcm", pixels, tags, (i,))
+    manifest = pd.DataFrame(
+        {"patientId": list(files), "dicom": [str(tmp_path / f"{p}.dcm") for p in files], "target": [0, 1, 0, 1]}
+    ).assign(n_boxes=0, **{"class": "Normal"})
+    max_age = 90.0  # not the default: its path to the features is checked
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    # as the workflow does: the metadata stage's CSV, read back by the preprocessing stage
+    metadata.write_table(tmp_path / "manifest.csv", tmp_path / "t.csv", tmp_path / "d.json", max_age_years=max_age)
+    table = metadata.read_table(tmp_path / "t.csv")
+    assert list(table["age_status"]) == ["ok", "missing", "implausible", "ok"]
+    cfg = pp.PreprocessConfig(size=32, clip_limit=0.02, tiles=(4, 4))
+    pp.write_hdf5(table, manifest, tmp_path / "x.h5", cfg, max_age_years=max_age)
+    with h5py.File(tmp_path / "x.h5", "r") as h5:
+        images, meta = h5["image"][:], h5["meta"][:]
+        record = json.loads(h5.attrs["preprocessing"])
+    assert record == pp.preprocessing_record(cfg, max_age)
+    assert pp.config_from_record(record, "x") == (cfg, max_age)
+    for k, pid in enumerate(files):
+        got = pp.prepare_dicom(metadata.read_dicom(tmp_path / f"{pid}.dcm"), pid, cfg, max_age)
+        np.testing.assert_array_equal(got.image, images[k])
+        np.testing.assert_array_equal(got.features, meta[k])
+    assert meta[2, 5] == 1, "an age over max_age_years counts as unknown"
+
+
+def test_the_preprocessing_record_names_every_parameter_and_is_refused_when_incomplete():
+    cfg = pp.PreprocessConfig(size=40, window_mode="fixed", level=100, width=400, percentiles=(1, 99), clahe=False)
+    record = pp.preprocessing_record(cfg, 110)
+    assert json.loads(json.dumps(record)) == record, "plain data"
+    assert record["size"] == 40 and record["window"] == {
+        "mode": "fixed",
+        "level": 100,
+        "width": 400,
+        "percentiles": [1, 99],
+    }
+    assert (
+        record["clahe"] == {"enabled": False, "clip_limit": 0.01, "tiles": [8, 8]}
+        and record["resampling"] == pp.RESAMPLING
+    )
+    assert record["metadata"]["max_age_years"] == 110 and record["metadata"]["features"] == pp.feature_names(
+        cfg.age_bins
+    )
+    assert pp.config_from_record(record, "ckpt.pt") == (cfg, 110)
+    with pytest.raises(InputError, match="ckpt.pt: records no preprocessing"):
+        pp.config_from_record(None, "ckpt.pt")
+    del record["window"]["mode"]
+    with pytest.raises(InputError, match="incomplete or invalid preprocessing record"):
+        pp.config_from_record(record, "ckpt.pt")

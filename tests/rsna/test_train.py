@@ -8,6 +8,8 @@ import torch
 from medflow.evaluation.classification import binary_report
 from medflow.params import from_config
 from medflow.rsna import train as tr
+from medflow.rsna.data import read_info
+from medflow.rsna.preprocess import PreprocessConfig, preprocessing_record
 from medflow.train import Job, load_checkpoint
 from tests.rsna.conftest import TRAIN, VARIANTS
 
@@ -33,12 +35,16 @@ def test_params_come_from_the_config_block_and_reject_typos_and_unknown_variants
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_train_writes_the_best_checkpoint_with_what_evaluation_needs(trained, variant):
+def test_train_writes_the_best_checkpoint_with_what_evaluation_needs(trained, prepared, variant):
     result = trained["results"][variant]
     assert len(result.history) == 2 and "val_auc" in result.history[0]
     ckpt = load_checkpoint(trained["checkpoints"][variant])  # weights_only=True
     assert ckpt["meta"]["variant"] == variant and ckpt["meta"]["use_meta"] == (variant == "with_metadata")
     assert ckpt["meta"]["meta_features"][-1] == "view_PA" and ckpt["meta"]["size"] == 24
+    # what prediction needs: the pipeline, and every preprocessing parameter of the HDF5 it was trained on
+    assert ckpt["meta"]["pipeline"] == "rsna"
+    assert ckpt["meta"]["preprocessing"] == read_info(prepared / "images.h5").preprocessing
+    assert ckpt["meta"]["preprocessing"] == preprocessing_record(PreprocessConfig(size=24), 120.0)
     assert ckpt["monitor"] == "val_auc" and ckpt["epoch"] == result.best_epoch
     assert ckpt["score"] == max(row["val_auc"] for row in result.history)
     d = trained["checkpoints"][variant].parent

@@ -311,3 +311,55 @@ def test_other_releases_deterministic_from_seed(written, tmp_path, name):
     sb.generate(cfg, tmp_path / "b", seed=6)
     assert digest(tmp_path / "a") == digest(root)
     assert digest(tmp_path / "b") != digest(root)
+
+
+# The unlabeled set the predict stage reads: each release's validation download, no seg.
+@pytest.mark.parametrize(
+    "name,ids",
+    [
+        ("2020", ["BraTS20_Validation_001", "BraTS20_Validation_002", "BraTS20_Validation_003"]),
+        ("2021", ["BraTS2021_00005", "BraTS2021_00006", "BraTS2021_00007"]),  # after the 4 training cases
+        ("2023-gli", ["BraTS-GLI-00005-000", "BraTS-GLI-00006-000", "BraTS-GLI-00007-000"]),
+    ],
+)
+def test_predict_set_ids_follow_each_release_and_never_name_a_training_case(name, ids):
+    cfg = {**CFG, "release": name, "predict": {"n_cases": 3}}
+    assert sb.predict_case_ids(cfg) == ids
+    assert not set(ids) & set(sb.case_ids(cfg))
+    release = releases.get(name)
+    assert all(release.predict_re.fullmatch(c) for c in ids)
+    assert sb.predict_case_ids({**cfg, "predict": {"n_cases": 1}}) == ids[:1]
+
+
+@pytest.mark.parametrize("name", ["2020", "2023-gli"])
+def test_predict_set_is_the_validation_layout_without_seg(tmp_path, name, raw):
+    release = releases.get(name)
+    cfg = {**CFG, "release": name, "predict": {"n_cases": 2}}
+    out = tmp_path / release.validation_subdir
+    cases = sb.generate_predict(cfg, out, seed=7)
+    assert cases == sb.predict_case_ids(cfg) and sorted(p.name for p in out.iterdir()) == cases
+    written = sorted(str(p) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(sb.predict_expected_outputs(cfg, out))
+    for case in cases:
+        names = sorted(p.name for p in (out / case).iterdir())
+        assert names == sorted(release.file_name(case, m) for m in sb.MODALITIES), "four modalities, no seg"
+        for mod in sb.MODALITIES:
+            img = nib.load(out / case / release.file_name(case, mod))
+            data = np.asanyarray(img.dataobj)
+            assert data.shape == tuple(CFG["shape_xyz"]) and data.dtype == np.int16 and data.any()
+            np.testing.assert_array_equal(img.affine, sb.brats_affine(CFG["shape_xyz"]))
+    if name == "2020":
+        assert cases[0] == "BraTS20_Validation_001"
+        assert str(out / cases[0] / f"{cases[0]}_flair.nii") in written
+        # Same image model as the training cases, other draws: not a copy of training case 1.
+        new = np.asanyarray(nib.load(out / cases[0] / f"{cases[0]}_flair.nii").dataobj)
+        old = np.asanyarray(nib.load(raw / "BraTS20_Training_001" / "BraTS20_Training_001_flair.nii").dataobj)
+        assert not np.array_equal(new, old)
+        assert abs(float(new[new > 0].mean()) / float(old[old > 0].mean()) - 1) < 0.2
+
+
+def test_predict_set_is_deterministic_from_seed(tmp_path):
+    cfg = {**CFG, "predict": {"n_cases": 1}}
+    for run in ("a", "b"):
+        sb.generate_predict(cfg, tmp_path / run, seed=7)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")

@@ -76,3 +76,34 @@ def test_finding_is_visible_in_all_three_planes(finding):
 def test_unknown_setting_is_rejected():
     with pytest.raises(ValueError, match="unknown synthetic.mrnet keys"):
         sm.settings({"n_exams": 3})
+
+
+def test_new_exams_are_unlabeled_in_the_download_layout_with_ids_after_the_valid_exams(tmp_path):
+    from medflow.ingest.mrnet import discover_new
+
+    cfg = {**TINY, "predict": {"n_exams": 4}}
+    folder = tmp_path / "new_exams"
+    assert sm.generate_new(cfg, folder, seed=3) == 4
+    ids = [f"{i:04d}" for i in range(10, 14)]
+    assert sorted(p.name for p in folder.iterdir()) == ["axial", "coronal", "sagittal"]  # no label files
+    for plane in ("axial", "coronal", "sagittal"):
+        assert sorted(p.name for p in (folder / plane).iterdir()) == [f"{e}.npy" for e in ids]
+    new = discover_new(folder)  # what the predict stage reads, with the training download's checks
+    assert new.exams["id"].tolist() == ids and new.excluded.empty
+    assert new.exams[["slices_axial", "slices_coronal", "slices_sagittal"]].isin(range(3, 6)).all().all()
+    # Drawn like the download's exams: the same phantom for the same id, seed and labels; findings present.
+    labels = sm.new_exam_labels(cfg, seed=3)
+    first = np.load(folder / "sagittal" / "0010.npy")
+    again = sm.make_exam(cfg, 3, "0010", {t: labels[t]["0010"] for t in labels})["sagittal"]
+    np.testing.assert_array_equal(first, again)
+    assert {sum(labels["abnormal"].values()), sum(labels["acl"].values())} <= set(range(1, 4))
+    # A smaller set leaves no strays; the config block is checked.
+    assert sm.generate_new({**TINY, "predict": {"n_exams": 1}}, folder, seed=3) == 1
+    assert sorted(p.name for p in (folder / "axial").iterdir()) == ["0010.npy"]
+    with pytest.raises(ValueError, match="synthetic.mrnet.predict"):
+        sm.settings({"predict": {"n_cases": 2}})
+
+
+def test_the_predict_block_changes_no_training_exam():
+    with_predict = sm.draw_labels({**TINY, "predict": {"n_exams": 50}}, seed=0)
+    assert with_predict == sm.draw_labels(TINY, seed=0)

@@ -125,3 +125,55 @@ def test_classes_are_separable_by_a_simple_classifier(tmp_path):
     xte, yte = xy("test")
     acc = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(xtr, ytr).score(xte, yte)
     assert acc > 0.5, acc
+
+
+# --- the unlabeled scans to predict on (synthetic_oct_predict) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def new_scans(tmp_path_factory):
+    root = tmp_path_factory.mktemp("octpredict") / "new_scans"
+    counts = syn.generate_predict(root, {**SMALL, "predict": {"n_images": 10}}, seed=7)
+    return root, counts
+
+
+def test_unlabeled_scans_are_a_tree_of_jpeg_and_png_grey_and_rgb(new_scans):
+    root, counts = new_scans
+    images = [p for p in files(root) if p.relative_to(root).as_posix() not in syn.BAD_FILES]
+    assert len(images) == 10 and counts == {"jpeg": 7, "png": 3, "rgb": 5, "bad": 2}
+    kinds = set()
+    for p in images:
+        assert re.fullmatch(r"scan_\d{3}\.(jpeg|png)", p.name), p  # no class in the name: unlabeled
+        with Image.open(p) as im:
+            kinds.add((im.format, im.mode))
+            assert 40 <= im.size[1] <= 64
+    assert kinds == {("JPEG", "L"), ("JPEG", "RGB"), ("PNG", "L"), ("PNG", "RGB")}
+    depths = {len(p.relative_to(root).parts) for p in images}
+    assert depths == {1, 2, 3}, "top level, one and two folders down"
+    assert not list(root.parent.glob(".*tmp"))
+
+
+def test_the_two_bad_files_are_excluded_by_the_prediction_ingest_with_reasons(new_scans):
+    from medflow.ingest.oct import discover_scans
+
+    root, _ = new_scans
+    scans, excluded = discover_scans(root)
+    assert len(scans) == 10 and scans["id"].is_unique
+    reasons = dict(zip(excluded["file"], excluded["reason"]))
+    assert sorted(reasons) == sorted(syn.BAD_FILES)
+    assert "unreadable image" in reasons["clinic_b/visit_2/scan_truncated.jpeg"]
+    assert "not a scan" in reasons["clinic_b/notes.txt"]
+
+
+def test_unlabeled_scans_are_deterministic_and_apart_from_the_training_tree(new_scans, tmp_path):
+    root, _ = new_scans
+    again = tmp_path / "new_scans"
+    syn.generate_predict(again, {**SMALL, "predict": {"n_images": 10}}, seed=7)
+    assert [p.relative_to(again) for p in files(again)] == [p.relative_to(root) for p in files(root)]
+    assert all(p.read_bytes() == (root / p.relative_to(again)).read_bytes() for p in files(again))
+    # the training patients' settings do not change the scans (only their size and quality settings do)
+    other = tmp_path / "other"
+    syn.generate_predict(other, {**SMALL, "patients": {"train": 9}, "predict": {"n_images": 10}}, seed=7)
+    assert all(p.read_bytes() == (root / p.relative_to(other)).read_bytes() for p in files(other))
+    assert syn.settings({"predict": {"n_images": 3}})["predict"] == {"n_images": 3}
+    assert syn.settings(None)["predict"] == {"n_images": 24}

@@ -146,3 +146,65 @@ def test_deterministic_from_seed(tmp_path):
 def test_unknown_setting_is_rejected():
     with pytest.raises(ValueError, match="n_patient"):
         sr.settings({"n_patient": 3})
+
+
+PREDICT_CFG = {**CFG, "predict": {"n_images": 6}}
+
+
+@pytest.fixture(scope="module")
+def test_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rsna_predict") / sr.TEST_IMAGES
+    counts = sr.write_predict_set(folder, PREDICT_CFG, seed=5)
+    assert counts["images"] == 6 and counts["bad_files"] == len(sr.BAD_FILES) == 3
+    return folder
+
+
+def test_unlabeled_set_is_laid_out_as_the_challenge_test_images(test_images, root):
+    files = sorted(test_images.iterdir())
+    assert [p.parent.name for p in files] == [sr.TEST_IMAGES] * 9 and all(p.suffix == ".dcm" for p in files)
+    assert not {p.stem for p in files} & {p.stem for p in (root / "stage_2_train_images").iterdir()}, "new patients"
+    assert not list(test_images.parent.glob(".*")), "no temporary folder left behind"
+    for p in files:
+        assert uuid.UUID(p.stem).version == 4
+
+
+def test_unlabeled_images_carry_identifying_values_and_three_bad_files(test_images):
+    kinds = []
+    names = set()
+    for p in sorted(test_images.iterdir()):
+        try:
+            ds = pydicom.dcmread(p)
+        except pydicom.errors.InvalidDicomError:
+            kinds.append("unreadable")
+            continue
+        assert ds.PatientID == p.stem, "as in the challenge: PatientID is the file's patientId"
+        values = {tag: str(ds.get(tag, "")) for tag in sr.IDENTIFYING_TAGS}
+        assert all(values.values()) and re.fullmatch(r"(19\d\d)(0[1-9]|1[0-2])([012]\d)", values["PatientBirthDate"])
+        assert values["InstitutionName"] == sr.INSTITUTION and values["OtherPatientIDs"].startswith("MRN-")
+        names.add(values["PatientName"])
+        if ds.Modality == "CT":
+            assert ds.SOPClassUID == pydicom.uid.CTImageStorage
+            kinds.append("not a radiograph")
+            continue
+        try:
+            arr = ds.pixel_array
+        except ValueError:
+            kinds.append("undecodable")
+            continue
+        assert ds.Modality == "CR" and arr.shape == (ds.Rows, ds.Columns) and arr.std() > 0
+        kinds.append("radiograph")
+    assert sorted(kinds) == sorted(["radiograph"] * 6 + list(sr.BAD_FILES))
+    assert len(names) == 8, "a name of its own per DICOM"
+
+
+def test_unlabeled_set_is_deterministic_and_leaves_the_training_set_alone(tmp_path, test_images):
+    sr.write_predict_set(tmp_path / "a" / sr.TEST_IMAGES, PREDICT_CFG, seed=5)
+    assert _digest(tmp_path / "a" / sr.TEST_IMAGES) == _digest(test_images)
+    sr.write_predict_set(tmp_path / "b" / sr.TEST_IMAGES, PREDICT_CFG, seed=6)
+    assert _digest(tmp_path / "b" / sr.TEST_IMAGES) != _digest(test_images)
+    # the predict block is not a training-set setting: the download is the one written without it
+    sr.write_dataset(tmp_path / "c", {**CFG, "n_patients": 12}, seed=9)
+    sr.write_dataset(tmp_path / "d", {**PREDICT_CFG, "n_patients": 12}, seed=9)
+    assert _digest(tmp_path / "c") == _digest(tmp_path / "d")
+    with pytest.raises(ValueError, match="n_image"):
+        sr.predict_settings({"predict": {"n_image": 3}})

@@ -76,7 +76,7 @@ def _imported_modules(script: Path) -> set[str]:
 
 
 def test_table_and_workflow_have_the_same_rules(rules):
-    in_workflow = set(rules) - {"all"}
+    in_workflow = set(rules) - {"all", "predict"}  # the two target rules
     assert in_workflow == set(TABLE), (
         f"rules missing from the table: {sorted(in_workflow - set(TABLE))}; "
         f"rows that are no rule: {sorted(set(TABLE) - in_workflow)}"
@@ -126,7 +126,9 @@ def test_row_follows_the_naming_rule(name):
     if row["pipeline"] != WORKFLOW:
         if row["results"] != f"results/{name.replace('_', '/')}/":
             problems.append(f"results {row['results']}")
-        if row["config"] not in (None, name.replace("_", ".")):
+        # Prediction on new data is configured per data set (predict.<data set>: brats, mrnet, rsna, oct).
+        predict = f"predict.{row['pipeline'].split('_')[0]}" if name == f"{row['pipeline']}_predict" else None
+        if row["config"] not in (None, name.replace("_", "."), predict):
             problems.append(f"config {row['config']}")
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
@@ -147,6 +149,22 @@ def test_n4_per_modality_log_is_the_documented_one():
     assert n4["log"] == [note.group(1)]
     assert n4["benchmark"] == note.group(1).replace("results/logs/", "results/benchmarks/").replace(".log", ".tsv")
     assert all(o.startswith(TABLE["brats_n4"]["results"]) for o in n4["output"])
+
+
+def test_per_case_prep_writes_the_per_stage_files_and_the_documented_log():
+    note = re.search(
+        r"`brats_prep` \(script\s+`([^`]+)`, module `([^`]+)`\).*?log `([^`]+)`", CONVENTIONS.read_text(), re.S
+    )
+    assert note, "docs/conventions.md: the brats.jobs per_case note is gone"
+    rules = workflow_rules.declared_rules(config={"brats": {"jobs": "per_case"}})
+    stages = ("brats_validate", "brats_n4", "brats_trim", "brats_stack", "brats_patches")
+    assert not set(stages) & set(rules), "per_case replaces the per-stage rules"
+    prep = rules["brats_prep"]
+    assert Path(prep["script"]).relative_to(REPO).as_posix() == note.group(1)
+    assert note.group(2) in _imported_modules(REPO / note.group(1))
+    assert prep["log"] == [note.group(3)]
+    folders = {TABLE[s]["results"] for s in stages if s != "brats_n4"}  # the N4 volumes stay temporary
+    assert {next(f for f in folders if o.startswith(f)) for o in prep["output"]} == folders
 
 
 # What starts Snakemake from a test: the helpers here, its Python API or CLI, `python -m snakemake`.

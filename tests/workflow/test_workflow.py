@@ -35,6 +35,10 @@ BRATS_FROM_N4 = {
     "brats_grade_slices",
     "brats_grade_train",
     "brats_grade_evaluate",
+    # New cases are preprocessed with the checkpoint's N4 values, so both BraTS predictions follow.
+    "brats_segmentation_predict",
+    "brats_segmentation_volumes",
+    "brats_grade_predict",
 }
 EVALUATE = {"brats_segmentation_evaluate", "brats_grade_evaluate", "mrnet_evaluate", "rsna_evaluate", "oct_evaluate"}
 
@@ -49,7 +53,8 @@ def pipeline_of(rule: str) -> str | None:
 def test_dry_run_plans_every_rule_of_every_pipeline(tmp_path):
     jobs = planned_jobs(run_snakemake(tmp_path / "wd", "-n").stdout)
     rules = workflow_rules.declared_rules(configfiles=[ROOT / "config" / "config.yaml", TINY], workdir=tmp_path)
-    assert set(jobs) == set(rules), f"never planned: {set(rules) - set(jobs)}"
+    targets_only = {"predict"}  # `snakemake predict`: the prediction stages alone, which `all` plans too
+    assert set(jobs) == set(rules) - targets_only, f"never planned: {set(rules) - targets_only - set(jobs)}"
     assert {pipeline_of(r) for r in jobs} - {None} == set(PIPELINE_PREFIXES)
 
 
@@ -110,11 +115,12 @@ def test_changed_n4_correction_value_reruns_n4_and_everything_after_it(tiny_run,
 
 def test_changed_bootstrap_reruns_evaluation_not_training(tiny_run, tmp_path):
     jobs = _planned_with(tiny_run, tmp_path, {"evaluation": {"bootstrap_samples": 321}})
-    assert set(jobs) == EVALUATE | {"mrnet_summary"} | REPORT, jobs
+    # mrnet_evaluate also fits the stackers that mrnet_predict applies (refitted the same: predict reruns).
+    assert set(jobs) == EVALUATE | {"mrnet_summary", "mrnet_predict"} | REPORT, jobs
     assert jobs["mrnet_evaluate"] == len(TASKS)
 
 
 def test_changed_mrnet_training_value_reruns_only_mrnet_training_and_after(tiny_run, tmp_path):
     jobs = _planned_with(tiny_run, tmp_path, {"mrnet": {"train": {"lr": 0.000123}}})
-    assert set(jobs) == {"mrnet_train", "mrnet_evaluate", "mrnet_summary"} | REPORT, jobs
+    assert set(jobs) == {"mrnet_train", "mrnet_evaluate", "mrnet_summary", "mrnet_predict"} | REPORT, jobs
     assert jobs["mrnet_train"] == 9, "task x plane, all-train models (tiny.yaml: in-sample stacking)"

@@ -5,5 +5,7 @@ from medflow.train import Job
 
 log = start(snakemake)
 p = snakemake.params
-params = from_config(EvaluateParams, {"aggregate": p.aggregate, "evaluate": p.evaluate, "bootstrap": p.bootstrap})
+params = from_config(
+    EvaluateParams, {"aggregate": p.aggregate, "evaluate": p.evaluate, "bootstrap": p.bootstrap, "cams": p.cams}
+)
 evaluate(dict(snakemake.input.items()), dict(snakemake.output.items()), params, Job.from_snakemake(snakemake))

@@ -1,5 +1,6 @@
 from medflow.jobs import start
 from medflow.params import from_config
+from medflow.segmentation.predict import preprocessing_record
 from medflow.segmentation.train import UNetParams, train
 from medflow.train import Job
 
@@ -9,4 +10,6 @@ train(
     dict(snakemake.output.items()),
     from_config(UNetParams, snakemake.params.train),
     Job.from_snakemake(snakemake),
+    # Recorded in the checkpoint: what prediction on new cases applies (and checks).
+    preprocessing=preprocessing_record(**snakemake.params.preprocessing),
 )

@@ -12,5 +12,6 @@ report.write_report(
     tracking_uri=tracking.current_uri(),
     mlflow_ui=snakemake.params.mlflow_ui,
     plots=snakemake.params.plots,
+    predictions=snakemake.params.predictions,
 )
 log.info("report for %s written to %s", ", ".join(files), snakemake.output.html)

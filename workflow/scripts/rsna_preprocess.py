@@ -12,5 +12,6 @@ summary = write_hdf5(
     snakemake.output.h5,
     PreprocessConfig.from_params(snakemake.params.preprocess),
     threads=snakemake.threads,
+    max_age_years=snakemake.params.max_age_years,
 )
 io.write_json(snakemake.output.summary, summary)

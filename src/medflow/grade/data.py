@@ -68,3 +68,19 @@ class GradeSlices(torch.utils.data.Dataset):
         if s > 0:
             x = x * (1 + (torch.rand(x.shape[0], 1, 1) * 2 - 1) * s)
         return x, int(self.targets[i]), i
+
+
+class ArraySlices(torch.utils.data.Dataset):
+    """In-memory slices of one new case, in the item format of :class:`GradeSlices` so the same prediction
+    function serves both: item ``i`` is ``(x[i] (4, S, S) float32, grade, i)``; ``grade`` is -1 (unknown)
+    unless given (a labelled case fed through the predict path)."""
+
+    def __init__(self, x: np.ndarray, grade: int = -1):
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.grade = int(grade)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.grade, i

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -46,11 +47,48 @@ class EvaluateBlock:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """What ``brats_grade_evaluate`` passes: ``aggregate`` (brats.grade.aggregate), ``evaluate``, ``bootstrap``."""
+    """What ``brats_grade_evaluate`` passes: ``aggregate`` (brats.grade.aggregate), ``evaluate``, ``bootstrap``
+    and ``cams`` (evaluation.cams: test patients drawn as Grad-CAM PNGs; 0: none)."""
 
     aggregate: str
     evaluate: EvaluateBlock
     bootstrap: Bootstrap
+    cams: int = 0
+
+
+def cam_patients(patients: pd.DataFrame, n: int) -> list[str]:
+    """Up to ``n`` test patients to draw (rows ``id``, ``label``): by id, HGG and LGG taking turns so both
+    grades are shown while both last."""
+    by_grade = [patients.loc[patients["label"] == g, "id"].sort_values().tolist() for g in (1, 0)]
+    order = [c for pair in zip(*by_grade) for c in pair]
+    longer = max(by_grade, key=len)
+    order += longer[min(map(len, by_grade)) :]
+    return order[: max(0, int(n))]
+
+
+def write_cams(
+    model, slices_path, rows: np.ndarray, cases: np.ndarray, prob: np.ndarray, patients: pd.DataFrame, n: int, out_dir
+) -> list[Path]:
+    """Grad-CAM PNGs ``<case>.png`` in ``out_dir`` of up to ``n`` test patients (:func:`cam_patients`): their
+    highest-P(HGG) slices (:func:`medflow.grade.predict.save_case_cam`), titled with the patient's P(HGG) and
+    true grade. ``rows`` (N,): slice-file rows of the predicted slices, ``cases``/``prob`` (N,) beside them."""
+    from medflow.grade.predict import save_case_cam
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    z_all = read_index(slices_path)["z"]
+    by_id = patients.set_index("id")
+    paths = []
+    with h5py.File(slices_path, "r") as f:
+        for case in cam_patients(patients, n):
+            mine = np.flatnonzero(cases == case)
+            mine = mine[np.argsort(rows[mine])]  # h5py reads rows in increasing order
+            x = f["image"][rows[mine]]
+            p, grade = float(by_id.at[case, "prob"]), CLASSES[int(by_id.at[case, "label"])]
+            path = out_dir / f"{case}.png"
+            save_case_cam(model, x, prob[mine], z_all[rows[mine]], path, title=f"{case}: P(HGG) {p:.2f} / true {grade}")
+            paths.append(path)
+    return paths
 
 
 def headline(y: np.ndarray, prob: np.ndarray, threshold: float, bootstrap: Bootstrap, seed: int) -> dict:
@@ -80,7 +118,8 @@ def evaluate(
 
     ``inputs``: ``slices`` (slice HDF5), ``split`` (split CSV), ``checkpoint``. ``outputs``: ``metrics``
     (JSON: ``headline``, ``patient`` and ``slice`` sections), ``patients`` and ``slices`` (per-patient and
-    per-slice prediction CSVs), ``roc`` (PNG, patient and slice curves), ``confusion`` (PNG, patients).
+    per-slice prediction CSVs), ``roc`` (PNG, patient and slice curves), ``confusion`` (PNG, patients) and
+    ``cams`` (folder of Grad-CAM PNGs of ``params.cams`` test patients, drawn after every figure is computed).
     Predictions run with ``job.bf16``; the headline bootstrap is seeded with ``job.seed``. MLflow run
     ``job.rule`` in experiment ``brats_grade``, tagged with the checkpoint's training run.
     """
@@ -148,6 +187,8 @@ def evaluate(
     )
     with io.atomic_path(outputs["slices"]) as tmp:
         slices.to_csv(tmp, index=False, float_format="%.6f")
+    if "cams" in outputs:
+        write_cams(model, slices_path, rows, cases, prob, patients, params.cams, outputs["cams"])
     hl = metrics["headline"]
     log.info(
         "patients: AUC %.3f [%.3f, %.3f] balanced accuracy %.3f [%.3f, %.3f] (n=%d, %s rule); slices: AUC %.3f (n=%d)",

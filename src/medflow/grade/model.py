@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision import models
 
+from medflow.train.device import fp32_head
 from medflow.train.pretrained import imagenet_state_dict
 
 CONV1_INIT = ("mean", "repeat")
@@ -70,7 +71,7 @@ def build_resnet18(
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     else:
         raise ValueError(f"weights must be 'imagenet' or 'none', not {weights!r}")
-    model.fc = nn.Linear(model.fc.in_features, n_classes)
+    model.fc = fp32_head(nn.Linear(model.fc.in_features, n_classes))  # float32 logits under bf16 autocast
     return model
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,49 @@ def resize_slices(x: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
+@dataclass(frozen=True)
+class SliceParams:
+    """``brats.grade.slices``: which slices (``select``, ``top_k``, ``min_tumour_pixels``) at which ``size``.
+    The grade checkpoint records them (``meta.preprocessing``), so prediction chooses slices as training did."""
+
+    select: str
+    top_k: int
+    min_tumour_pixels: int
+    size: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def slices_for_case(
+    image: np.ndarray, label: np.ndarray, params: SliceParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model inputs of one stacked case: ``(x (N, 4, size, size) float32, z (N,) int32, tumour_pixels (N,)
+    int32)``, slices chosen from the stored ``label`` (Z, Y, X) (the true one in training and evaluation, the
+    predicted one on new data) out of the standardised ``image`` (4, Z, Y, X). N may be 0."""
+    if label.shape != image.shape[1:]:
+        raise ValueError(f"label {label.shape} and image {image.shape[1:]} differ in shape")
+    zs = select_slices(label, params.select, params.top_k, params.min_tumour_pixels)
+    x = resize_slices(standardise(image)[:, zs].transpose(1, 0, 2, 3), int(params.size))
+    return np.ascontiguousarray(x, dtype=np.float32), zs.astype(np.int32), tumour_area(label)[zs].astype(np.int32)
+
+
+def read_slice_params(path: str | os.PathLike) -> SliceParams:
+    """The :class:`SliceParams` a slice HDF5 was written with (its attributes)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        try:
+            return SliceParams(
+                select=str(f.attrs["select"]),
+                top_k=int(f.attrs["top_k"]),
+                min_tumour_pixels=int(f.attrs["min_tumour_pixels"]),
+                size=int(f.attrs["size"]),
+            )
+        except KeyError as exc:
+            raise InputError(path, f"slice file lacks the attribute {exc}") from None
+
+
 def write_slices(
     stacks: Mapping[str, str | os.PathLike],
     split_path: str | os.PathLike,
@@ -103,6 +147,7 @@ def write_slices(
     missing = [c for c in rows.index if c not in stacks]
     if missing:
         raise InputError(split_path, f"case {missing[0]} has no stacked HDF5")
+    params = SliceParams(select, int(top_k), int(min_tumour_pixels), int(size))
     counts: dict[str, int] = {}
     empty: list[str] = []
     str_dt = h5py.string_dtype()
@@ -127,13 +172,11 @@ def write_slices(
             if grade not in GRADES:
                 raise InputError(split_path, f"case {case} has grade {grade!r}, not HGG or LGG")
             stack = read_stack(stacks[case])
-            image, label = stack.image, stack.label
-            zs = select_slices(label, select, top_k, min_tumour_pixels)
+            x, zs, pixels = slices_for_case(stack.image, stack.label, params)
             if zs.size == 0:
                 log.warning("%s: no slice with >= %d tumour pixels; case left out", case, min_tumour_pixels)
                 empty.append(case)
                 continue
-            x = resize_slices(standardise(image)[:, zs].transpose(1, 0, 2, 3), size)
             n0, n = img.shape[0], len(zs)
             img.resize(n0 + n, axis=0)
             img[n0:] = x
@@ -141,8 +184,8 @@ def write_slices(
                 "case": [case] * n,
                 "split": [str(rows.at[case, "split"])] * n,
                 "grade": np.full(n, GRADES[grade], np.uint8),
-                "z": zs.astype(np.int32),
-                "tumour_pixels": tumour_area(label)[zs].astype(np.int32),
+                "z": zs,
+                "tumour_pixels": pixels,
             }
             for k, ds in cols.items():
                 ds.resize(n0 + n, axis=0)

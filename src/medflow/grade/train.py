@@ -6,24 +6,28 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report
 from medflow.grade.aggregate import aggregate
 from medflow.grade.data import Augment, GradeSlices, read_index
 from medflow.grade.model import CLASSES, build_resnet18
 from medflow.grade.predict import predict_slices
+from medflow.grade.slices import SliceParams, read_slice_params
 from medflow.ingest.brats import MODALITIES
 from medflow.train import FitResult, Job, fit, fit_config, make_loaders, seed_everything, select_device, tracking
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "brats_grade"
+PIPELINE = "brats_grade"  # checkpoint meta["pipeline"]: what medflow.lineage.check_checkpoint asks of a grade model
 RULE = "brats_grade_train"  # the MLflow run name when no rule is given (library callers)
 MONITOR_MODE = {"val_auc": "max", "val_slice_auc": "max", "val_loss": "min"}
 TIE_TO_LATER = -1e-9
@@ -48,10 +52,20 @@ class TrainBlock:
 @dataclass(frozen=True)
 class TrainParams:
     """What ``brats_grade_train`` passes: the ``train`` block and, beside it, ``brats.grade.aggregate`` (the
-    rule that turns val slice probabilities into the monitored patient AUC; shared with the evaluation)."""
+    rule that turns val slice probabilities into the monitored patient AUC; shared with the evaluation) and
+    ``stack``: the parameters that shaped the stacked cases the slices came from (``{"n4": brats.n4 without
+    its run settings, "trim": brats.trim}``), recorded in the checkpoint for prediction's check."""
 
     train: TrainBlock
     aggregate: str
+    stack: dict[str, Any] = field(default_factory=dict)
+
+
+def preprocessing_meta(slices: SliceParams, stack: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``meta["preprocessing"]``: every parameter that shaped the model's input. ``slices``
+    (selection and size; prediction applies them to new cases), ``modalities`` (channel order) and ``stack``
+    (N4 and trim of the stacked cases; prediction compares it with the stacks it is given)."""
+    return {"slices": slices.as_dict(), "modalities": list(MODALITIES), "stack": io.to_plain(dict(stack))}
 
 
 def class_weights(targets: np.ndarray, mode: str) -> torch.Tensor | None:
@@ -117,6 +131,8 @@ def train(
     # epoch or two; a slightly negative min_delta hands exact ties to the later, better-trained epoch.
     fit_cfg = fit_config(cfg, monitor=cfg.monitor, mode=MONITOR_MODE[cfg.monitor], job=job, min_delta=TIE_TO_LATER)
     meta = {
+        "pipeline": PIPELINE,
+        "preprocessing": preprocessing_meta(read_slice_params(slices_path), params.stack),
         "arch": "resnet18",
         "in_channels": len(MODALITIES),
         "modalities": list(MODALITIES),

@@ -57,16 +57,50 @@ def _found_instead(folders: Sequence[str]) -> str:
     return f"found e.g. {folders[0]}"
 
 
+def discover_predict_cases(input_dir: str | os.PathLike, *, release: Release = DEFAULT_RELEASE) -> list[str]:
+    """Sorted ids of the cases to predict on: the folders directly under ``input_dir`` whose name matches
+    ``release.predict_pattern`` (the release's validation download, e.g. ``BraTS20_Validation_NNN``, or its
+    training ids). No such folder -> one InputError naming the folder and the patterns looked for."""
+    from medflow.ingest.ids import check_id
+
+    if not str(input_dir):
+        raise InputError("predict.brats.input", f"is empty: set it to your {release.validation_subdir} folder")
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise InputError(root, "folder to predict on not found (predict.brats.input)")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    cases = [check_id(name, root / name, "case id") for name in folders if release.predict_re.fullmatch(name)]
+    if not cases:
+        looked = " or ".join(p for p in (release.validation_pattern, release.case_pattern) if p)
+        raise InputError(
+            root, f"no case folders to predict on match {looked} (the {release.name} layout); {_found_instead(folders)}"
+        )
+    return cases
+
+
+def predict_files(
+    input_dir: str | os.PathLike, case: str, synthetic: bool = False, *, release: Release = DEFAULT_RELEASE
+) -> dict[str, str]:
+    """{modality: path} a new case's predict job takes as input (no segmentation): the public names in the
+    synthetic unlabeled set (not on disk yet when the DAG is built), the files found on disk otherwise; a
+    missing modality is left out, so only that case's job fails, naming it."""
+    files = raw_files(input_dir, case, synthetic, release=release)
+    return {k: files[k] for k in MODALITIES if k in files}
+
+
 def expected_files(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> dict[str, str]:
     """{kind: path} with the public names (``release.suffix``): what the synthetic copy writes."""
     return {k: str(Path(raw_dir) / case / release.file_name(case, k)) for k in KINDS}
 
 
 def _nifti_files(case_dir: Path) -> list[Path]:
+    # os.scandir: file types from the directory listing, no stat per file (1,000+ cases at DAG time).
     try:
-        return sorted(p for p in case_dir.iterdir() if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+        with os.scandir(case_dir) as entries:
+            names = sorted(e.name for e in entries if e.is_file() and e.name.lower().endswith(NIFTI_SUFFIXES))
     except FileNotFoundError:
         raise InputError(case_dir, "case folder not found") from None
+    return [case_dir / name for name in names]
 
 
 def case_files(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> dict[str, str]:
@@ -79,12 +113,13 @@ def case_files(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFA
     """
     case_dir = Path(raw_dir) / case
     files = _nifti_files(case_dir)
+    names = {p.name for p in files}
     found: dict[str, str] = {}
     for kind in KINDS:
         for suffix in NIFTI_SUFFIXES:
-            p = case_dir / release.file_name(case, kind, suffix)
-            if p in files:
-                found[kind] = str(p)
+            name = release.file_name(case, kind, suffix)
+            if name in names:
+                found[kind] = str(case_dir / name)
                 break
     if "seg" not in found:
         modality_files = set(found.values())
@@ -115,11 +150,17 @@ def public_name(path: str | os.PathLike, case: str, *, release: Release = DEFAUL
 
 
 def _require_files(
-    raw_dir: str | os.PathLike, case: str, problems: Problems, *, release: Release = DEFAULT_RELEASE
+    raw_dir: str | os.PathLike,
+    case: str,
+    problems: Problems,
+    *,
+    release: Release = DEFAULT_RELEASE,
+    kinds: Sequence[str] = KINDS,
 ) -> dict[str, str]:
-    """The case's files; each kind not found is recorded in ``problems``."""
+    """The case's files of ``kinds``; each kind not found is recorded in ``problems``."""
     found = case_files(raw_dir, case, release=release)
-    for kind in KINDS:
+    found = {k: p for k, p in found.items() if k in kinds}
+    for kind in kinds:
         if kind not in found:
             expected = Path(raw_dir) / case / release.file_name(case, kind)
             what = "segmentation" if kind == "seg" else f"{kind} modality"
@@ -153,20 +194,25 @@ def load_nifti(path: str | os.PathLike, dtype=None):
     return img, data
 
 
-def validate_case(raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE) -> dict:
+def validate_case(
+    raw_dir: str | os.PathLike, case: str, *, release: Release = DEFAULT_RELEASE, with_seg: bool = True
+) -> dict:
     """Check one case and describe it; every problem of its files is reported, together, as InputErrors
     naming the file (a single problem: one InputError).
 
     Checks: every modality and the segmentation present; each a readable, untruncated 3-D NIfTI;
     same shape and affine as flair (as the first readable file, if flair is not); no NaN/inf; no all-zero
     modality; segmentation values within the release's label set (``release.label_values``, e.g.
-    {0, 1, 2, 4} in 2020). Each file is read once. Returns ``{case_id, shape_xyz, spacing_xyz, affine,
-    files, source_files}`` (``files``: kind -> path; ``source_files``: kind -> public file name).
+    {0, 1, 2, 4} in 2020). ``with_seg=False`` (a new, unlabeled case to predict on): the four modalities
+    only; a segmentation file, if any, is ignored. Each file is read once. Returns ``{case_id, shape_xyz,
+    spacing_xyz, affine, files, source_files}`` (``files``: kind -> path; ``source_files``: kind -> public
+    file name).
     """
+    kinds = KINDS if with_seg else MODALITIES
     ref_kind = ref_shape = ref_affine = ref_img = None
     with Problems() as problems:
-        files = _require_files(raw_dir, case, problems, release=release)
-        for kind in KINDS:
+        files = _require_files(raw_dir, case, problems, release=release, kinds=kinds)
+        for kind in kinds:
             if kind not in files:
                 continue
             path = files[kind]
@@ -338,3 +384,15 @@ def write_manifest(
     with io.atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
     return df
+
+
+def write_validation(raw_dir: str | os.PathLike, case: str, out: str | os.PathLike, *, release: Release) -> dict:
+    """The brats_validate stage: ``validate_case`` (every problem at once), then what later stages need as
+    JSON at ``out`` (full paths stay out of derived files; ``source_files`` keeps the public names)."""
+    from medflow import io
+
+    info = validate_case(raw_dir, case, release=release)
+    info.pop("files")
+    io.write_json(out, info)
+    log.info("%s: valid, shape (X, Y, Z) %s, spacing %s mm", info["case_id"], info["shape_xyz"], info["spacing_xyz"])
+    return info

@@ -15,12 +15,20 @@ Outputs, read by every later stage:
 - manifest CSV: ``id, split, abnormal, acl, meniscus, slices_axial, slices_coronal, slices_sagittal``;
 - fold CSV: ``id, split, fold`` where ``fold`` is ``0..k-1`` for train exams (stratified by the
   combination of the three labels) and ``valid`` for the valid exams.
+
+New exams to predict (``discover_new``, the ``mrnet_predict`` stage) come as a folder in the download's
+layout without labels (``<folder>/{axial,coronal,sagittal}/<exam>.npy``, e.g. ``MRNet-v1.0/valid``) or as a
+CSV of paths (``NEW_CSV_HEADER``, or the challenge's ``valid-paths.csv``); they get the same array checks.
 """
 
 from __future__ import annotations
 
+import csv
+import io as _io
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ import pandas as pd
 from medflow import io
 from medflow.errors import InputError, Problems
 from medflow.ingest import splits
+from medflow.ingest.ids import check_id
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +239,202 @@ def fold_ids(folds: pd.DataFrame, fold: str) -> tuple[list[str], dict[str, list[
     if fold not in set(train["fold"]):
         raise ValueError(f"fold {fold} is not in the fold file (folds: {sorted(set(train['fold']))})")
     return train.loc[train["fold"] != fold, "id"].tolist(), {"heldout": train.loc[train["fold"] == fold, "id"].tolist()}
+
+
+# --- new exams, to predict --------------------------------------------------------------------------
+
+NEW_CSV_HEADER = ("exam", *PLANES)  # the documented CSV: a header, then one row per exam
+
+
+@dataclass(frozen=True)
+class NewExams:
+    """New exams to predict. ``exams``: one row per usable exam, in input order: ``id``, ``path_<plane>``
+    (as given, relative paths from the current folder) and ``slices_<plane>``. ``excluded``: ``exam, reason``
+    per exam that cannot be predicted (a missing plane, a wrong shape or dtype, an unreadable array); the
+    reason names each file. ``order``: every exam id of the input, usable or not, in input order."""
+
+    exams: pd.DataFrame
+    excluded: pd.DataFrame
+    order: list[str]
+
+
+@dataclass
+class _Listed:
+    """One exam as the input lists it: a path per plane it names, and why a plane is missing."""
+
+    exam: str
+    paths: dict[str, Path]
+    problems: list[str]
+
+
+def discover_new(source: str | os.PathLike, in_plane: int = IN_PLANE) -> NewExams:
+    """The exams of ``source`` (a folder or a CSV, see ``new_exams_from_folder`` / ``new_exams_from_csv``), each
+    series checked as the training download is (``check_npy``: readable uint8 (slices, in_plane, in_plane)).
+
+    A bad exam is excluded with its reason (and a warning in the log), the others go on. An unsafe exam id, a
+    malformed CSV or a path outside the CSV's folder refuses the whole input (every problem together), and so
+    does an input without a single usable exam."""
+    source = Path(source)
+    if source.is_dir():
+        listed = new_exams_from_folder(source)
+    elif source.is_file():
+        listed = new_exams_from_csv(source)
+    else:
+        raise InputError(source, "missing: expected a folder of {axial,coronal,sagittal}/<exam>.npy or a CSV of paths")
+    rows, excluded = [], []
+    for item in listed:
+        row: dict[str, object] = {"id": item.exam}
+        problems = list(item.problems)
+        for plane, path in item.paths.items():
+            try:
+                row[f"slices_{plane}"] = check_npy(path, in_plane)
+                row[f"path_{plane}"] = str(path)
+            except InputError as e:
+                problems += [str(single) for single in e.errors]
+        if problems:
+            reason = "; ".join(problems)
+            log.warning("exam %s excluded: %s", item.exam, reason)
+            excluded.append({"exam": item.exam, "reason": reason})
+        else:
+            rows.append(row)
+    if not rows:
+        first = f": {excluded[0]['reason']}" if excluded else ""
+        raise InputError(source, f"no usable exam ({len(excluded)} excluded{first})")
+    columns = ["id", *[f"path_{p}" for p in PLANES], *[f"slices_{p}" for p in PLANES]]
+    return NewExams(
+        exams=pd.DataFrame(rows)[columns],
+        excluded=pd.DataFrame(excluded, columns=["exam", "reason"]),
+        order=[item.exam for item in listed],
+    )
+
+
+def new_exams_from_folder(folder: Path) -> list[_Listed]:
+    """``<folder>/{axial,coronal,sagittal}/<exam>.npy`` (any safe exam id; hidden files are skipped): every exam
+    that has a series in any plane, in id order. A plane an exam lacks is checked (and reported) as missing."""
+    present = {p: folder / p for p in PLANES if (folder / p).is_dir()}
+    if not present:
+        raise InputError(
+            folder, "no axial, coronal or sagittal folder: expected <folder>/{axial,coronal,sagittal}/<exam>.npy"
+        )
+    stems: dict[str, Path] = {}  # exam id -> a file that names it
+    for d in present.values():
+        for f in sorted(os.scandir(d), key=lambda f: f.name):
+            if f.name.endswith(".npy") and not f.name.startswith(".") and f.is_file():
+                stems.setdefault(f.name[: -len(".npy")], Path(f.path))
+    if not stems:
+        raise InputError(folder, "no exams: no .npy series in its axial, coronal or sagittal folder")
+    with Problems() as problems:
+        for exam, path in stems.items():
+            problems.check(check_id, exam, path, "exam id")
+    return [_Listed(e, {p: folder / p / f"{e}.npy" for p in PLANES}, []) for e in sorted(stems)]
+
+
+def new_exams_from_csv(path: Path) -> list[_Listed]:
+    """A CSV of paths, relative to the CSV's folder (absolute paths must lie inside it too), in either form:
+
+    - ``exam,axial,coronal,sagittal`` (``NEW_CSV_HEADER``, columns in any order): one row per exam, its id and
+      its three series (an empty cell: that plane is missing and the exam excluded);
+    - the MRNet challenge's ``valid-paths.csv``: no header, one path per line, three consecutive lines per exam
+      (``MRNet-v1.0/valid/axial/1130.npy`` ...). Each line's plane is its file's folder, the exam id its file
+      name, which the three lines must share.
+
+    Exams keep the CSV's order; an exam listed twice, an unsafe id or a path outside the folder is refused."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"unreadable ({e.__class__.__name__})") from None
+    rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(_io.StringIO(text)), start=1)]
+    rows = [(n, r) for n, r in rows if any(r)]
+    if not rows:
+        raise InputError(path, "no rows")
+    header = [c.lower() for c in rows[0][1]]
+    if sorted(header) == sorted(NEW_CSV_HEADER):
+        return _csv_with_header(path, header, rows[1:])
+    if all(len(r) == 1 for _, r in rows):
+        return _challenge_csv(path, rows)
+    raise InputError(
+        path,
+        f"line {rows[0][0]}: expected the header {','.join(NEW_CSV_HEADER)} or the challenge's one .npy path per "
+        f"line (three lines per exam), got {','.join(rows[0][1])!r}",
+    )
+
+
+def _inside(csv_path: Path, cell: str, where: str, problems: Problems) -> Path | None:
+    """The series a CSV cell names, resolved against the CSV's folder; ``None`` (a problem recorded) when it
+    lies outside that folder. Checked on the normalised path, so ``a/../../x`` is outside too."""
+    base = Path(os.path.normpath(csv_path.parent.absolute()))
+    target = Path(os.path.normpath(base / cell))  # an absolute cell stays absolute
+    if not target.is_relative_to(base):
+        problems.add(csv_path, f"{where}: path {cell!r} lies outside the CSV's folder {base}")
+        return None
+    return csv_path.parent / target.relative_to(base)
+
+
+def _unique_id(exam: str, seen: set[str], csv_path: Path, where: str, problems: Problems) -> bool:
+    if problems.check(check_id, exam, csv_path, f"{where}: exam id") is None:
+        return False
+    if exam in seen:
+        problems.add(csv_path, f"{where}: exam {exam} listed twice")
+        return False
+    seen.add(exam)
+    return True
+
+
+def _csv_with_header(path: Path, header: list[str], rows: Iterable[tuple[int, list[str]]]) -> list[_Listed]:
+    col = {name: header.index(name) for name in NEW_CSV_HEADER}
+    out: list[_Listed] = []
+    seen: set[str] = set()
+    with Problems() as problems:
+        for n, cells in rows:
+            where = f"line {n}"
+            if len(cells) != len(header):
+                problems.add(path, f"{where}: {len(cells)} fields, expected {len(header)} ({','.join(header)})")
+                continue
+            exam = cells[col["exam"]]
+            if not _unique_id(exam, seen, path, where, problems):
+                continue
+            item = _Listed(exam, {}, [])
+            for plane in PLANES:
+                cell = cells[col[plane]]
+                if not cell:
+                    item.problems.append(f"{path}: {where}: no {plane} path")
+                elif (p := _inside(path, cell, where, problems)) is not None:
+                    item.paths[plane] = p
+            out.append(item)
+        if not out and not problems:
+            problems.add(path, "a header but no exams")
+    return out
+
+
+def _challenge_csv(path: Path, rows: list[tuple[int, list[str]]]) -> list[_Listed]:
+    out: list[_Listed] = []
+    seen: set[str] = set()
+    with Problems() as problems:
+        if len(rows) % 3:
+            problems.add(
+                path, f"{len(rows)} paths: expected three lines per exam (its axial, coronal, sagittal series)"
+            )
+            return out
+        for i in range(0, len(rows), 3):
+            group = rows[i : i + 3]
+            where = f"lines {group[0][0]}-{group[-1][0]}"
+            cells = [cells[0] for _, cells in group]
+            planes = [Path(c).parent.name for c in cells]
+            exams = {Path(c).name.removesuffix(".npy") for c in cells}
+            if sorted(planes) != sorted(PLANES) or not all(c.endswith(".npy") for c in cells):
+                problems.add(
+                    path, f"{where}: expected one .npy series in each of axial/, coronal/, sagittal/, got {cells}"
+                )
+                continue
+            if len(exams) != 1:
+                problems.add(path, f"{where}: the three planes of one exam must share its file name, got {cells}")
+                continue
+            exam = exams.pop()
+            if not _unique_id(exam, seen, path, where, problems):
+                continue
+            item = _Listed(exam, {}, [])
+            for plane, cell in zip(planes, cells):
+                if (p := _inside(path, cell, where, problems)) is not None:
+                    item.paths[plane] = p
+            out.append(item)
+    return out

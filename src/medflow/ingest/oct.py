@@ -7,6 +7,10 @@ is reported, together, before the job stops.
 
 The split is the data set's folders, or (``val_source="train"``) a validation set carved out of
 ``train`` by patient, because the real ``val`` folder has only 8 images per class.
+
+New scans to predict on (``discover_scans``) are any folder tree of JPEG/PNG files, checked by the same
+image check; there a bad file is excluded with its reason (``excluded.csv``) instead of stopping the job.
+Image ids name output files (CAM PNGs): they pass ``medflow.ingest.ids.check_id`` in both.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medflow import io
 from medflow.errors import InputError, Problems
+from medflow.ingest.ids import check_id, id_problem
 from medflow.ingest.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 FOLDERS = ("train", "val", "test")
 NAME = re.compile(r"^(?P<cls>[A-Z]+)-(?P<patient>\d+)-(?P<n>\d+)\.jpe?g$", re.IGNORECASE)
+SCAN_SUFFIXES = (".jpeg", ".jpg", ".png")  # new scans to predict on (any case)
+SCAN_FORMATS = ("JPEG", "PNG")
+ID_SEP = "__"  # joins the folders and stem of a new scan's relative path into its id
 
 
 def discover(root: str | os.PathLike, check_pixels: bool = True) -> pd.DataFrame:
@@ -61,7 +69,10 @@ def discover(root: str | os.PathLike, check_pixels: bool = True) -> pd.DataFrame
                     ok = m["cls"].upper() == cls
                     if not ok:
                         problems.add(path, f"file name says class {m['cls']} but it lies in the {cls} folder")
-                    image = problems.check(_check_image, path, check_pixels)
+                    # \d and IGNORECASE [A-Z] match non-ASCII digits and letters (e.g. U+0661, U+017F): the
+                    # stem names CAM files, so it must be a safe id too.
+                    ok = problems.check(_check_ids, path, m["patient"]) is not None and ok
+                    image = problems.check(check_image, path, check_pixels)
                     if image is None or not ok:
                         continue
                     width, height, mode = image
@@ -87,11 +98,19 @@ def discover(root: str | os.PathLike, check_pixels: bool = True) -> pd.DataFrame
     return df
 
 
-def _check_image(path: Path, check_pixels: bool) -> tuple[int, int, str]:
+def _check_ids(path: Path, patient: str) -> str:
+    check_id(patient, path, "patient id")
+    return check_id(path.stem, path, "image id")
+
+
+def check_image(path: Path, check_pixels: bool = True, formats: Sequence[str] = ("JPEG",)) -> tuple[int, int, str]:
+    """``(width, height, mode)`` of an image file PIL reads as one of ``formats``, in mode L or RGB (the two the
+    loader turns into 3-channel RGB); ``check_pixels`` decodes it (a truncated file fails). Else ``InputError``."""
     try:
         with Image.open(path) as im:
-            if im.format != "JPEG":
-                raise InputError(path, f"not a JPEG image (PIL reads it as {im.format})")
+            if im.format not in formats:
+                kinds = " or ".join(formats)
+                raise InputError(path, f"not a {kinds} image (PIL reads it as {im.format})")
             size, mode = im.size, im.mode
             if check_pixels:
                 im.load()
@@ -172,3 +191,77 @@ def read_split(path: str | os.PathLike) -> pd.DataFrame:
 def class_to_idx(classes: Sequence[str] | None = None) -> dict[str, int]:
     """ImageFolder's mapping: class names sorted, indexed from 0."""
     return {c: i for i, c in enumerate(sorted(classes or CLASSES))}
+
+
+def scan_files(root: str | os.PathLike) -> list[str]:
+    """Every file under ``root`` (recursively, sorted, as ``root/<relative path>`` strings), hidden files and
+    folders (``.DS_Store``, ``.git/``) left out: the files a prediction on ``root`` looks at. The workflow lists
+    them when it builds the DAG, so a file added to or removed from the folder reruns the prediction."""
+    root = Path(root)
+    out = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+    return sorted(out, key=lambda p: Path(p).relative_to(root).parts)
+
+
+def predict_inputs(folder: str | os.PathLike, written_by_workflow: bool = False) -> list[str]:
+    """The input files the workflow lists for a prediction on ``folder``: the folder itself when a rule writes it
+    (the synthetic demo's) or when it does not exist (Snakemake then reports it missing), else every file in it
+    (:func:`scan_files`): a scan added, removed or changed reruns the prediction, and nothing else does."""
+    if written_by_workflow or not Path(folder).is_dir():
+        return [str(folder)]
+    return scan_files(folder)
+
+
+def scan_id(relative: str | os.PathLike) -> str:
+    """The id of a new scan: its path relative to the input folder without the extension, folders joined by
+    ``__`` (``clinic_a/visit_1/scan_7.png`` -> ``clinic_a__visit_1__scan_7``), so equal file names in two
+    folders stay apart. ``InputError`` when a folder or file name is not a safe id."""
+    parts = Path(relative).parts
+    for i, part in enumerate(parts):
+        name = part if i < len(parts) - 1 else Path(part).stem
+        problem = id_problem(name, "folder name" if i < len(parts) - 1 else "file name")
+        if problem:
+            raise InputError(relative, problem)
+    return check_id(ID_SEP.join([*parts[:-1], Path(parts[-1]).stem]), relative, "scan id")
+
+
+def discover_scans(root: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """New scans to predict on: every JPEG/PNG file in the tree under ``root`` (``scan_files``).
+
+    Returns ``(scans, excluded)``: ``scans`` one row per usable image (``id`` from :func:`scan_id`, ``path``
+    relative to ``root``, ``width``, ``height`` (pixels), ``mode``), sorted by path; ``excluded`` one row per
+    other file (``file`` relative to ``root``, ``reason``): not a .jpeg/.jpg/.png file, unreadable or truncated
+    (every image is decoded), not greyscale/RGB, an unsafe name, or an id another scan already has. Each is
+    logged. ``InputError`` if ``root`` is not a folder or holds no usable image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "folder of scans to predict on not found (predict.oct.input)")
+    rows, excluded, seen = [], [], {}
+    for file in scan_files(root):
+        rel = Path(file).relative_to(root).as_posix()
+        try:
+            if Path(rel).suffix.lower() not in SCAN_SUFFIXES:
+                raise InputError(rel, f"not a scan: only {', '.join(SCAN_SUFFIXES)} files are predicted")
+            sid = scan_id(rel)
+            if sid in seen:
+                raise InputError(rel, f"its id {sid!r} is also that of {seen[sid]} (rename one)")
+            width, height, mode = check_image(Path(file), True, SCAN_FORMATS)
+        except InputError as exc:
+            excluded.append({"file": rel, "reason": exc.problem})
+            log.warning("excluded %s: %s", rel, exc.problem)
+            continue
+        seen[sid] = rel
+        rows.append({"id": sid, "path": rel, "width": width, "height": height, "mode": mode})
+    scans = pd.DataFrame(rows, columns=["id", "path", "width", "height", "mode"])
+    excluded = pd.DataFrame(excluded, columns=["file", "reason"])
+    if scans.empty:
+        what = "the folder is empty"
+        if len(excluded):
+            first = excluded.iloc[0]
+            what = f"{len(excluded)} file(s), none usable (first: {first['file']}: {first['reason']})"
+        raise InputError(root, f"no JPEG/PNG scan to predict on: {what}")
+    log.info("%d scans to predict on, %d files excluded", len(scans), len(excluded))
+    return scans, excluded

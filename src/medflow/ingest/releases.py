@@ -36,6 +36,9 @@ class Release:
     ``grade_file``/``grade_id_column``: the CSV of LGG/HGG grades, if the release has one.
     ``case_format``: the case id of number ``i`` (and time point ``t``), for the synthetic generator.
     ``submission_suffix``: what follows the case id in a submitted segmentation's file name.
+    ``validation_subdir``/``validation_pattern``/``validation_format``: the release's unlabeled validation
+    download (case folders without seg) that the predict stage reads; ``validation_pattern`` ``None``: its
+    case ids look like the training ones.
     """
 
     name: str
@@ -50,10 +53,28 @@ class Release:
     grade_file: str | None = None
     grade_id_column: str | None = None
     submission_suffix: str = ".nii.gz"
+    validation_subdir: str = ""
+    validation_pattern: str | None = None
+    validation_format: str | None = None
 
     @property
     def case_re(self) -> re.Pattern:
         return re.compile(self.case_pattern)
+
+    @property
+    def predict_pattern(self) -> str:
+        """Case ids the predict stage accepts (regex, whole name): the validation download's or the training ones."""
+        patterns = dict.fromkeys(p for p in (self.validation_pattern, self.case_pattern) if p)
+        return "|".join(f"(?:{p})" for p in patterns)
+
+    @property
+    def predict_re(self) -> re.Pattern:
+        return re.compile(self.predict_pattern)
+
+    def validation_case(self, i: int) -> str:
+        """The id of validation case number ``i`` (from 1): ``validation_format``, else the training
+        ``case_format`` (first time point), for the synthetic unlabeled set."""
+        return (self.validation_format or self.case_format).format(i=i, t=0)
 
     @property
     def has_grades(self) -> bool:
@@ -114,6 +135,9 @@ RELEASES: dict[str, Release] = {
         suffix=".nii",
         grade_file="name_mapping.csv",
         grade_id_column="BraTS_2020_subject_ID",
+        validation_subdir="MICCAI_BraTS2020_ValidationData",
+        validation_pattern=r"BraTS20_Validation_\d+",
+        validation_format="BraTS20_Validation_{i:03d}",
     ),
     "2021": Release(
         name="2021",
@@ -123,6 +147,7 @@ RELEASES: dict[str, Release] = {
         files=_CLASSIC,
         separator="_",
         labels={"necrotic": 1, "edema": 2, "enhancing": 4},
+        validation_subdir="RSNA_ASNR_MICCAI_BraTS2021_ValidationData",
     ),
     "2023-gli": Release(
         name="2023-gli",
@@ -134,6 +159,7 @@ RELEASES: dict[str, Release] = {
         labels={"necrotic": 1, "edema": 2, "enhancing": 3},
         # BraTS-GLI-<patient>-<time point>: both time points of a patient go to the same split.
         patient_pattern=r"(?P<patient>BraTS-GLI-\d{5})-\d{3}",
+        validation_subdir="ASNR-MICCAI-BraTS2023-GLI-Challenge-ValidationData",
     ),
 }
 

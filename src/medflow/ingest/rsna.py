@@ -7,8 +7,10 @@ Layout (the Kaggle "rsna-pneumonia-detection-challenge" download)::
     stage_2_detailed_class_info.csv     patientId,class
 
 The patient id kept everywhere is the file's patientId, the data set's anonymous id; the DICOM
-PatientID/PatientName tags are never read here. Anything malformed is an :class:`InputError` naming the
-file (and the CSV line) and the problem; every one found is reported, together, before the job stops.
+PatientID/PatientName tags are never read here. It names per-patient outputs (CAM PNGs), so each one must
+be a safe id (``medflow.ingest.ids``: no path separators, no leading dot). Anything malformed (an unsafe id
+too) is an :class:`InputError` naming the file (and the CSV line) and the problem; every one found is
+reported, together, before the job stops.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 from medflow import io
 from medflow.errors import InputError, Problems
 from medflow.ingest import splits
+from medflow.ingest.ids import id_problem
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,10 @@ def _read_csv(path: Path, columns: list[str], problems: Problems) -> pd.DataFram
         raise InputError(path, f"missing column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))})")
     for i in np.flatnonzero(df["patientId"].isna()):
         problems.add(path, f"line {i + 2}: empty patientId")
+    for i in np.flatnonzero(df["patientId"].notna()):
+        problem = id_problem(df["patientId"].iloc[i], "patientId")
+        if problem:
+            problems.add(path, f"line {i + 2}: {problem}")
     return df
 
 
@@ -143,7 +150,15 @@ def discover(raw_dir: str | os.PathLike) -> pd.DataFrame:
         if not images.is_dir():
             problems.add(images, "missing (expected the folder of <patientId>.dcm files)")
         else:
-            files = {p.stem: p for p in images.iterdir() if p.suffix.lower() == ".dcm"}
+            files = {}
+            for p in sorted(images.iterdir()):
+                if p.suffix.lower() != ".dcm":
+                    continue
+                problem = id_problem(p.stem, "patientId (the file name)")
+                if problem:
+                    problems.add(p, problem)
+                else:
+                    files[p.stem] = p
             listed = sorted(files) if in_labels is None else sorted(in_labels)
             if in_labels is not None:
                 for pid in sorted(set(files) - in_labels):

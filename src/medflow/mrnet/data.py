@@ -6,7 +6,8 @@ of B exams concatenated (exam by exam, in order), ``counts`` the slices of each.
 uint8 until the model, which keeps loader traffic and host-to-device copies small.
 
 An exam table (``exam_table``) is what datasets and loaders are built from: one row per exam with
-``id``, ``split`` (its folder: train or valid), ``label`` (0/1 for one task) and ``slices`` (in one plane).
+``id``, ``split`` (its folder: train or valid), ``label`` (0/1 for one task) and ``slices`` (in one plane);
+new exams to predict have a ``path`` (their series in that plane) instead of a ``split``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from medflow.train import loader_kwargs
 class ExamDataset(Dataset):
     """Exams of one plane. Item i: ``(slices (S, size, size) uint8, label float)``.
 
-    ``splits`` gives each exam's folder (train or valid) under ``root``; nothing is cached, so any
-    number of exams streams from disk.
+    ``splits`` gives each exam's folder (train or valid) under ``root``, or ``paths`` names each exam's
+    series file (new exams, anywhere); nothing is cached, so any number of exams streams from disk.
     """
 
     def __init__(
@@ -42,10 +43,14 @@ class ExamDataset(Dataset):
         labels: Sequence[int],
         size: int = IN_PLANE,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        paths: Sequence[str | os.PathLike] | None = None,
     ):
-        if not (len(ids) == len(splits) == len(labels)):
-            raise ValueError("ids, splits and labels must have one entry per exam")
-        self.paths = [npy_path(root, s, plane, e) for e, s in zip(ids, splits)]
+        if not (len(ids) == len(splits) == len(labels)) or (paths is not None and len(paths) != len(ids)):
+            raise ValueError("ids, splits, labels (and paths) must have one entry per exam")
+        if paths is None:
+            self.paths = [npy_path(root, s, plane, e) for e, s in zip(ids, splits)]
+        else:
+            self.paths = [Path(p) for p in paths]
         self.ids = list(ids)
         self.labels = [float(y) for y in labels]
         self.size = int(size)
@@ -165,10 +170,12 @@ def exam_dataset(
     size: int,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> ExamDataset:
-    """The ``plane`` series of an exam table's exams, in its row order."""
-    return ExamDataset(
-        root, plane, exams["id"].tolist(), exams["split"].tolist(), exams["label"].tolist(), size, augment
-    )
+    """The ``plane`` series of an exam table's exams, in its row order: under ``root`` by ``split``, or the
+    files of a ``path`` column where the table has one (new exams)."""
+    ids = exams["id"].tolist()
+    splits = exams["split"].tolist() if "split" in exams else [""] * len(ids)
+    paths = exams["path"].tolist() if "path" in exams else None
+    return ExamDataset(root, plane, ids, splits, exams["label"].tolist(), size, augment, paths=paths)
 
 
 def exam_loader(

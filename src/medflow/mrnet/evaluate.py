@@ -11,7 +11,9 @@ Outputs: ``metrics.json`` (a ``headline`` block: valid AUC of the stack, ``auc``
 ``auc_<plane>``, with a bootstrap interval over the valid exams; then accuracy, sensitivity and
 specificity at 0.5 per plane and for the stack, via :mod:`medflow.evaluation.classification`), a
 predictions CSV (id, label, one probability per plane, stacked), one ROC PNG of the three planes and
-the stack, and the stacker JSON. ``summarise`` merges the tasks into one table and one headline.
+the stack, the stacker JSON (which records the task and the SHA-256 of the plane models it stacks, checked
+by the predict stage) and class-activation maps (``cams/<exam>.png``, ``medflow.mrnet.cam``) of the valid
+exams with the highest stacked probability. ``summarise`` merges the tasks into one table and one headline.
 The plane models' probabilities themselves come from the training jobs (``medflow.mrnet.predict``).
 """
 
@@ -21,6 +23,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -51,13 +54,16 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class EvaluateParams:
     """One task's evaluation: ``task`` (the rule's wildcard), the ``planes`` and training ``folds``
-    (``all`` and, out of fold, ``0..k-1``) whose files the inputs list plane by plane, fold by fold."""
+    (``all`` and, out of fold, ``0..k-1``) whose files the inputs list plane by plane, fold by fold;
+    ``root`` and ``cams`` for the class-activation maps."""
 
     task: str
     planes: tuple[str, ...] = ingest.PLANES
     folds: tuple[str, ...] = ("all",)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     bootstrap: Bootstrap = field(default_factory=Bootstrap)
+    root: str = ""  # the MRNet-v1.0 folder, whose valid series the maps are drawn on
+    cams: int = 0  # config evaluation.cams: valid exams drawn with their class-activation maps
 
 
 def _read_predictions(path: str | os.PathLike) -> pd.DataFrame:
@@ -140,8 +146,11 @@ def evaluate(inputs: Mapping, outputs: Mapping[str, str | os.PathLike], params: 
 
     ``inputs``: ``folds`` (the fold CSV), ``predictions`` and ``summaries`` (the training jobs'
     predictions CSVs and train.json files, plane by plane, fold by fold, as ``params.planes`` x
-    ``params.folds``). ``outputs``: ``metrics``, ``predictions``, ``roc``, ``stacker``. The headline
-    intervals resample the valid exams (``params.bootstrap``, seeded by ``job.seed``)."""
+    ``params.folds``) and, optionally, ``checkpoints`` (the all-train plane models, in ``params.planes``
+    order: their hashes go into the stacker, and the maps are theirs). ``outputs``: ``metrics``,
+    ``predictions``, ``roc``, ``stacker`` and, optionally, ``cams`` (a folder of up to ``params.cams``
+    PNGs, created empty without checkpoints or with ``cams`` 0). The headline intervals resample the
+    valid exams (``params.bootstrap``, seeded by ``job.seed``)."""
     st = params.evaluate
     if st.fit_on not in FIT_ON:
         raise ValueError(f"mrnet.evaluate.fit_on must be one of {FIT_ON}, got {st.fit_on!r}")
@@ -165,7 +174,15 @@ def evaluate(inputs: Mapping, outputs: Mapping[str, str | os.PathLike], params: 
     stacker = Stacker.fit(
         fit_set[planes], fit_set["label"], C=st.C, class_weight=st.class_weight, fit_on=st.fit_on, seed=job.seed
     )
-    stacker.extra = {"task": task}
+    ckpt_files = list(inputs.get("checkpoints") or [])
+    if ckpt_files and len(ckpt_files) != len(planes):
+        raise ValueError(f"expected one checkpoint per plane {planes}, got {ckpt_files}")
+    checkpoints = dict(zip(planes, ckpt_files))
+    stacker.extra = {"task": task, "pipeline": "mrnet"}
+    if checkpoints:
+        from medflow.lineage import file_sha256
+
+        stacker.extra["checkpoint_sha256"] = {p: file_sha256(path) for p, path in checkpoints.items()}
     valid["stacked"] = stacker.predict_proba(valid[planes])
     curves = {p: (valid["label"], valid[p]) for p in [*planes, "stacked"]}
     boot = params.bootstrap.kwargs(job.seed)
@@ -195,6 +212,8 @@ def evaluate(inputs: Mapping, outputs: Mapping[str, str | os.PathLike], params: 
     with io.atomic_path(outputs["predictions"]) as tmp:
         valid[["id", "label", *planes, "stacked"]].to_csv(tmp, index=False, float_format="%.6f")
     plot_roc(curves, outputs["roc"], title=f"MRNet {task}: valid exams")
+    if "cams" in outputs:
+        write_cams(valid, task, planes, checkpoints, params.root, params.cams, outputs["cams"])
     io.write_json(outputs["metrics"], metrics)
     log.info(
         "%s: valid AUC %s | stacked %.3f (stacker fitted %s on %d exams, coef %s)",
@@ -208,6 +227,47 @@ def evaluate(inputs: Mapping, outputs: Mapping[str, str | os.PathLike], params: 
     if job.track:
         _track(task, metrics, outputs, run_ids, job)
     return metrics
+
+
+def write_cams(
+    valid: pd.DataFrame,
+    task: str,
+    planes: Sequence[str],
+    checkpoints: Mapping[str, str | os.PathLike],
+    root: str | os.PathLike,
+    n: int,
+    folder: str | os.PathLike,
+) -> list[Path]:
+    """``<folder>/<exam>.png`` for the ``n`` valid exams (``valid``: id, label, one column per plane, stacked)
+    of highest stacked probability: per plane, the slice that drives the max over slices with its map
+    (``medflow.mrnet.cam``), drawn with that plane's all-train model (``checkpoints``: plane -> file) on the
+    series under ``root``. The folder is created even when nothing is drawn; returns the PNGs written."""
+    from medflow.mrnet.cam import save_exam_cams
+    from medflow.mrnet.model import checkpoint_params, load_model
+    from medflow.train import load_checkpoint
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not n or not checkpoints:
+        return []
+    models, sizes = {}, {}
+    for plane, path in checkpoints.items():
+        ckpt = load_checkpoint(path)
+        models[plane], sizes[plane] = load_model(ckpt), checkpoint_params(ckpt).image_size
+    written = []
+    for _, r in valid.sort_values("stacked", ascending=False, kind="stable").head(int(n)).iterrows():
+        per_plane = ", ".join(f"{p} {r[p]:.2f}" for p in planes)
+        out = folder / f"{r['id']}.png"
+        save_exam_cams(
+            models,
+            sizes,
+            {p: ingest.npy_path(root, "valid", p, r["id"]) for p in planes},
+            out,
+            title=f"{task}: valid exam {r['id']}, label {int(r['label'])}, P {r['stacked']:.2f} ({per_plane})",
+        )
+        written.append(out)
+    log.info("%s: class-activation maps of %d valid exams in %s", task, len(written), folder)
+    return written
 
 
 def _track(
@@ -247,7 +307,7 @@ def _track(
         training_run_id=[
             by["all"] for by in run_ids.values() if by.get("all")
         ],  # the models whose valid predictions are evaluated
-        artifacts=[outputs[k] for k in ("metrics", "roc", "stacker", "predictions")],
+        artifacts=[outputs[k] for k in ("metrics", "roc", "stacker", "predictions", "cams") if k in outputs],
         params=params,
         tags=tags,
         rule=job.rule or RULE,

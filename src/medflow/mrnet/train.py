@@ -31,7 +31,7 @@ from medflow.mrnet.augment import AugmentConfig, ExamAugmentation
 from medflow.mrnet.data import exam_loader, exam_table
 from medflow.mrnet.metrics import rank_auc
 from medflow.mrnet.model import ModelConfig, build_model, load_model
-from medflow.mrnet.predict import predict_exams, score_exams
+from medflow.mrnet.predict import FLOAT_FORMAT, predict_exams, score_exams
 from medflow.tracking import current_uri
 from medflow.train import FitResult, Job, fit, fit_config, seed_everything, select_device, tracking
 from medflow.train.loop import plot_history
@@ -39,6 +39,7 @@ from medflow.train.loop import plot_history
 log = logging.getLogger(__name__)
 
 RULE = "mrnet_train"  # run name and rule tag when called outside Snakemake
+PIPELINE = "mrnet"  # checkpoint meta: the predict stage refuses another pipeline's checkpoint
 # The monitor is AUC with ties broken by the lower loss: AUC over a few dozen exams often ties (or
 # sits at 1.0) while the model still improves. 1e-6 x loss is far below one step of AUC,
 # 1 / (positives x negatives), for any monitor set under 100,000 exam pairs.
@@ -69,6 +70,7 @@ class TrainConfig:
     scheduler: SchedulerConfig
     val_fraction: float
     augment: AugmentConfig | None = None
+    loader_workers: int = 4  # DataLoader workers on CUDA (the job reads them from the rule's params)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,13 @@ class TrainParams:
     fold: str
     root: str
     train: TrainConfig
+
+
+def preprocessing(image_size: int) -> dict[str, int]:
+    """What shapes a model's input, recorded in its checkpoint (``meta.preprocessing``) and applied to new exams
+    from there: ``in_plane``, the series' in-plane size the ingest checks accept, and ``image_size``, the size
+    ``medflow.mrnet.data`` resizes slices to. (Grey levels stay uint8 0-255; the model normalises them.)"""
+    return {"in_plane": ingest.IN_PLANE, "image_size": int(image_size)}
 
 
 def monitor_split(exams: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -203,11 +212,13 @@ def train(
         scheduler=scheduler,
         tracking=track,
         checkpoint_meta={
+            "pipeline": PIPELINE,
             "task": task,
             "plane": plane,
             "fold": fold,
             "weights": cfg.model.weights,
             "image_size": size,
+            "preprocessing": preprocessing(size),
         },
         fingerprint=run_params,
     )
@@ -237,7 +248,7 @@ def train(
         rows.append(exams[["id", "label"]].assign(role=role, prob=prob))
     pred = pd.concat(rows, ignore_index=True)[["id", "role", "label", "prob"]]
     with io.atomic_path(outputs["predictions"]) as tmp:
-        pred.to_csv(tmp, index=False, float_format="%.6f")
+        pred.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
 
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
     summary = {

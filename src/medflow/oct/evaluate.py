@@ -1,5 +1,6 @@
 """Evaluate the OCT classifier on the test split: accuracy, per-class precision/recall, confusion
-matrix, and a predictions table with the top-k classes and their probabilities per image.
+matrix, a predictions table with the top-k classes and their probabilities per image, and Grad-CAM PNGs of
+a few test images (``cams``, in turn per true class) for the predicted class.
 
 The headline (``accuracy``, ``macro_recall``) carries a seeded percentile bootstrap over the test
 *patients*: a patient's images are resampled together (cluster bootstrap), since the images of one
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn import metrics as skm
 from torch.utils.data import DataLoader
 
@@ -23,9 +23,9 @@ from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.classification import plot_confusion
 from medflow.evaluation.headline import Bootstrap, bootstrap_metric
-from medflow.oct.data import OctImages, eval_transform, split_table
+from medflow.oct.data import OctImages, checkpoint_preprocessing, eval_transform_for, split_table
 from medflow.oct.model import load_model
-from medflow.oct.predict import predict_log_proba
+from medflow.oct.predict import pick_for_cams, predict_log_proba, save_cams, top_k_table
 from medflow.train import Job, load_checkpoint, loader_kwargs, select_device
 from medflow.train.device import describe
 
@@ -51,6 +51,7 @@ class EvaluateParams:
     root: str
     evaluate: EvaluateBlock
     bootstrap: Bootstrap = Bootstrap()
+    cams: int = 0  # test images drawn with their class-activation map (config evaluation.cams)
 
 
 def multiclass_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
@@ -70,21 +71,6 @@ def multiclass_report(y_true: Sequence[int], y_pred: Sequence[int], classes: Seq
             for i, c in enumerate(classes)
         },
     }
-
-
-def top_k_table(ids: Sequence[str], log_proba: np.ndarray, classes: Sequence[str], k: int) -> pd.DataFrame:
-    """One row per image: ``id``, ``top1..topk`` class names with ``prob1..probk``, then ``p_<class>``
-    for every class. ``log_proba`` is (N, n_classes)."""
-    prob = np.exp(log_proba)
-    k = min(k, len(classes))
-    order = np.argsort(-prob, axis=1, kind="stable")[:, :k]
-    df = pd.DataFrame({"id": list(ids)})
-    for j in range(k):
-        df[f"top{j + 1}"] = [classes[i] for i in order[:, j]]
-        df[f"prob{j + 1}"] = np.take_along_axis(prob, order[:, j : j + 1], axis=1)[:, 0]
-    for i, c in enumerate(classes):
-        df[f"p_{c}"] = prob[:, i]
-    return df
 
 
 def macro_recall_of(present: Sequence[int], n_classes: int) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -133,8 +119,9 @@ def evaluate(
     (experiment ``oct``) tagged ``training_run_id``. Returns the metrics written.
 
     ``inputs``: ``checkpoint``, ``split`` (the ingest's ``split.csv``); ``outputs``: ``metrics``,
-    ``predictions``, ``confusion``. Predictions go through :func:`medflow.oct.predict.predict_log_proba`
-    with ``job.bf16``, as the validation during training does.
+    ``predictions``, ``confusion`` and ``cams`` (folder of ``<id>.png`` for up to ``params.cams`` test images;
+    optional). Predictions go through :func:`medflow.oct.predict.predict_log_proba` with ``job.bf16``, as the
+    validation during training does; the transform is the checkpoint's recorded preprocessing, as in prediction.
     """
     cfg, boot = params.evaluate, params.bootstrap
     split_path = inputs["split"]
@@ -147,7 +134,7 @@ def evaluate(
     if c2i != meta["class_to_idx"]:
         raise InputError(split_path, f"classes {c2i} differ from the model's {meta['class_to_idx']}")
     model = load_model(ckpt).to(device)
-    ds = OctImages(params.root, table, c2i, eval_transform(int(meta["image_size"]), int(meta["resize"])))
+    ds = OctImages(params.root, table, c2i, eval_transform_for(checkpoint_preprocessing(meta), inputs["checkpoint"]))
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, **loader_kwargs(device, job.threads))
     out = predict_log_proba(model, loader, device, bf16=job.bf16)
     logp, y = out["log_proba"], out["target"]
@@ -169,6 +156,17 @@ def evaluate(
     preds.insert(3, "correct", pred == y)
     with io.atomic_path(predictions_path) as tmp:
         preds.to_csv(tmp, index=False, float_format="%.6f")
+    if "cams" in outputs:  # after the metrics, which the maps do not touch
+        picked = pick_for_cams(y.tolist(), params.cams)
+        titles = [f"{ds.ids[i]}: {classes[y[i]]}, predicted {classes[pred[i]]}" for i in picked]
+        save_cams(
+            model,
+            [ds[i][0] for i in picked],
+            [int(pred[i]) for i in picked],
+            [ds.ids[i] for i in picked],
+            titles,
+            outputs["cams"],
+        )
     h = report["headline"]
     log.info(
         "test accuracy %.4f [%.4f, %.4f], macro recall %.4f [%.4f, %.4f] on %d images of %d patients",
@@ -196,7 +194,12 @@ def evaluate(
             job.rule or RULE,
             headline=report["headline"],
             training_run_id=ckpt["mlflow_run_id"],
-            artifacts=[metrics_path, confusion_path, predictions_path],
+            artifacts=[
+                metrics_path,
+                confusion_path,
+                predictions_path,
+                *([outputs["cams"]] if "cams" in outputs else []),
+            ],
             params={
                 "top_k": cfg.top_k,
                 "n_test": len(y),

@@ -21,6 +21,7 @@ from torch import nn
 from torchvision import models
 
 from medflow.train import load_checkpoint
+from medflow.train.device import fp32_head
 from medflow.train.pretrained import imagenet_state_dict
 
 HEADS = ("classifier", "last_layer")
@@ -82,7 +83,7 @@ def build_vgg16(
         nn.Linear(n_inputs, hidden),
         nn.ReLU(),
         nn.Dropout(dropout),
-        nn.Linear(hidden, n_classes),
+        fp32_head(nn.Linear(hidden, n_classes)),  # float32 logits and log-probabilities under bf16 autocast
         nn.LogSoftmax(dim=1),
     ]
     if head == "classifier":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from medflow.oct.data import Augment, OctImages, eval_transform, split_table, train_transform
+from medflow.oct.data import Augment, OctImages, eval_transform_for, preprocessing, split_table, train_transform
 from medflow.oct.model import build_vgg16, parameter_counts
 from medflow.oct.predict import predict_log_proba
 from medflow.train import FitResult, Job, fit, fit_config, make_loaders, seed_everything, select_device, tracking
@@ -66,8 +66,10 @@ def train(
     train_table, c2i = split_table(split_path, "train")
     val_table, _ = split_table(split_path, "val")
     size, resize = int(cfg.image_size), int(cfg.resize)
+    classes = sorted(c2i, key=c2i.get)
+    prep = preprocessing(size, resize, classes)  # recorded in the checkpoint: evaluation and prediction use it
     train_ds = OctImages(params.root, train_table, c2i, train_transform(size, resize, cfg.augment))
-    val_ds = OctImages(params.root, val_table, c2i, eval_transform(size, resize))
+    val_ds = OctImages(params.root, val_table, c2i, eval_transform_for(prep))
     log.info("train %d images, val %d images, classes %s", len(train_ds), len(val_ds), c2i)
 
     seed_everything(job.seed)
@@ -105,9 +107,11 @@ def train(
         }
 
     meta = {
+        "pipeline": "oct",
+        "preprocessing": prep,
         "arch": "vgg16",
         "class_to_idx": c2i,
-        "classes": sorted(c2i, key=c2i.get),
+        "classes": classes,
         "image_size": size,
         "resize": resize,
         "model": arch,

@@ -75,7 +75,7 @@ def to_stored_label(
 def stack_case(
     case: str,
     modality_paths: Mapping[str, str | os.PathLike],
-    seg_path: str | os.PathLike,
+    seg_path: str | os.PathLike | None,
     kept_z_range: Sequence[int],
     out_path: str | os.PathLike,
     params: StackParams,
@@ -87,7 +87,8 @@ def stack_case(
     """Write the stacked case (see module docstring) atomically.
 
     ``modality_paths``: {modality: corrected NIfTI}; ``seg_path``: the raw segmentation, in ``release``'s
-    labels; ``kept_z_range``: [start, stop) along the NIfTI k (axial) axis; ``affine``: the source NIfTI's
+    labels (``None`` for a new, unlabeled case: no ``label`` dataset); ``kept_z_range``: [start, stop) along
+    the NIfTI k (axial) axis; ``affine``: the source NIfTI's
     (default: the first modality's); ``source_files``: names of the raw files for provenance.
     """
     import h5py
@@ -118,14 +119,15 @@ def stack_case(
                 raise InputError(modality_paths[mod], f"shape {list(data.shape)} differs from flair's")
             ds[c] = to_zyx(data)[start:stop]
             del data
-        _, seg = load_nifti(seg_path)
-        if to_zyx(seg).shape != shape_zyx:
-            raise InputError(seg_path, f"shape {list(seg.shape)} differs from the modalities'")
-        label = to_stored_label(to_zyx(seg), seg_path, release=release)
-        dropped = int(np.count_nonzero(label[:start])) + int(np.count_nonzero(label[stop:]))
-        if dropped:
-            raise InputError(seg_path, f"{dropped} labelled voxels lie outside the kept slices [{start}, {stop})")
-        f.create_dataset("label", data=np.ascontiguousarray(label[start:stop]), **params.h5_kwargs(out_zyx))
+        if seg_path is not None:
+            _, seg = load_nifti(seg_path)
+            if to_zyx(seg).shape != shape_zyx:
+                raise InputError(seg_path, f"shape {list(seg.shape)} differs from the modalities'")
+            label = to_stored_label(to_zyx(seg), seg_path, release=release)
+            dropped = int(np.count_nonzero(label[:start])) + int(np.count_nonzero(label[stop:]))
+            if dropped:
+                raise InputError(seg_path, f"{dropped} labelled voxels lie outside the kept slices [{start}, {stop})")
+            f.create_dataset("label", data=np.ascontiguousarray(label[start:stop]), **params.h5_kwargs(out_zyx))
         zooms = ref.header.get_zooms()[:3]
         f.attrs["case_id"] = case
         f.attrs["modalities"] = json.dumps(list(MODALITIES))
@@ -136,11 +138,40 @@ def stack_case(
         names = (
             source_files
             if source_files is not None
-            else [os.path.basename(str(p)) for p in (*(modality_paths[m] for m in MODALITIES), seg_path)]
+            else [os.path.basename(str(p)) for p in (*(modality_paths[m] for m in MODALITIES), seg_path) if p]
         )
         f.attrs["source_files"] = json.dumps(list(names))
         f.attrs["release"] = release.name
     log.info("%s: image (4, %d, %d, %d), slices [%d, %d) of %d", case, *out_zyx, start, stop, shape_zyx[0])
+
+
+def stack_from_records(
+    case: str,
+    images: Sequence[str],
+    seg: str,
+    valid_json: str | os.PathLike,
+    trim_json: str | os.PathLike,
+    out: str | os.PathLike,
+    params: Mapping,
+    release: Release,
+) -> None:
+    """The brats_stack stage: ``stack_case`` of the corrected ``images`` (modality order) and the raw ``seg``,
+    with the affine and file names of brats_validate's JSON and the slice range of brats_trim's."""
+    from medflow import io
+    from medflow.params import from_config
+
+    valid, kept = io.read_json(valid_json), io.read_json(trim_json)
+    stack_case(
+        case,
+        dict(zip(MODALITIES, images)),
+        seg,
+        kept["kept_z_range"],
+        out,
+        from_config(StackParams, params),
+        affine=valid["affine"],
+        source_files=[valid["source_files"][k] for k in (*MODALITIES, "seg")],
+        release=release,
+    )
 
 
 def _with_channel(kw: dict) -> dict:

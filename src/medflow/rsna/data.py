@@ -50,12 +50,15 @@ class H5Patients(torch.utils.data.Dataset):
 
 @dataclass(frozen=True)
 class H5Info:
-    """What the preprocessing HDF5 says about itself: feature names (F,), image size (pixels), patient ids (N,)."""
+    """What the preprocessing HDF5 says about itself: feature names (F,), image size (pixels), patient ids (N,),
+    and the parameters its images and features were made with (``preprocess.preprocessing_record``; None in
+    a file written before they were recorded)."""
 
     meta_features: list[str]
     size: int
     patient_ids: list[str]
     targets: np.ndarray  # (N,) int 0/1
+    preprocessing: dict | None = None
 
 
 def read_info(h5_path: str | os.PathLike) -> H5Info:
@@ -69,7 +72,19 @@ def read_info(h5_path: str | os.PathLike) -> H5Info:
             size=int(h5.attrs["size"]),
             patient_ids=ids,
             targets=np.asarray(h5["target"][:]).astype(int),
+            preprocessing=json.loads(h5.attrs["preprocessing"]) if "preprocessing" in h5.attrs else None,
         )
+
+
+def read_rows(h5_path: str | os.PathLike, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (n, size, size) and metadata features float32 (n, F) of HDF5 rows ``rows``, in that order."""
+    import h5py
+
+    with h5py.File(h5_path, "r") as h5:
+        size, n_meta = h5["image"].shape[1:], h5["meta"].shape[1]
+        images = np.stack([h5["image"][int(j)] for j in rows]) if len(rows) else np.zeros((0, *size), np.uint8)
+        meta = np.stack([h5["meta"][int(j)] for j in rows]) if len(rows) else np.zeros((0, n_meta), np.float32)
+    return images, meta
 
 
 def split_indices(h5_path: str | os.PathLike, split_csv: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -93,6 +93,42 @@ def _values(value) -> list:
     return list(value)
 
 
+# Projection radiographs: computed (CR) and digital (DX) radiography; the RSNA files are CR Secondary Captures.
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+# SOP classes of cross-sectional or moving images, refused whatever their Modality says.
+NOT_RADIOGRAPH_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
+)
+
+
+def radiograph_problem(ds) -> str | None:
+    """Why ``ds`` is not a single projection radiograph (None when it may be one): a Modality other than
+    CR/DX (an empty one is accepted), a cross-sectional SOP class, or several frames. Only these
+    technical tags are read."""
+    modality = text(ds, "Modality").upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        return f"Modality {modality}, not {'/'.join(RADIOGRAPH_MODALITIES)}"
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if sop in NOT_RADIOGRAPH_SOP_CLASSES:
+        from pydicom.uid import UID
+
+        return f"SOP class {UID(sop).name}"
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1  # an unreadable count: decoding decides
+    if frames != 1:
+        return f"{frames} frames, not one image"
+    return None
+
+
 def text(ds, tag: str) -> str:
     v = ds.get(tag)
     return "" if v is None else str(v).strip()

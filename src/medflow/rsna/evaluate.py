@@ -2,8 +2,9 @@
 
 One run covers both variants: ``metrics.json`` (headline ``auc_with_metadata`` and ``auc_image_only``,
 each with a bootstrap interval over the test patients; a row per variant), one ROC plot with both
-curves, and a predictions CSV (patientId, target, one probability per model). One MLflow evaluation
-run (the rule's name) records both, tagged ``training_run_id`` = the two training runs, comma-joined.
+curves, a predictions CSV (patientId, target, one probability per model) and Grad-CAM PNGs of the
+two-input model for the ``cams`` test images it scores highest (``cams/<patientId>.png``). One MLflow
+evaluation run (the rule's name) records both, tagged ``training_run_id`` = the two training runs, comma-joined.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from medflow import train as mtrain
 from medflow.errors import InputError
 from medflow.evaluation.classification import binary_report, plot_roc
 from medflow.evaluation.headline import Bootstrap, auc_metric
-from medflow.rsna.data import eval_loader, read_info, split_indices
+from medflow.lineage import check_checkpoint
+from medflow.rsna.data import eval_loader, read_info, read_rows, split_indices
 from medflow.rsna.model import load_model
-from medflow.rsna.predict import predict
+from medflow.rsna.predict import predict, top_items, write_cams
 from medflow.train.device import describe
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,12 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """The rule's params blocks ``evaluate`` and ``bootstrap``; ``split`` is the split evaluated."""
+    """The rule's params blocks ``evaluate`` and ``bootstrap``, ``cams`` (config ``evaluation.cams``: test
+    images drawn as Grad-CAM PNGs); ``split`` is the split evaluated."""
 
     evaluate: EvaluateConfig = EvaluateConfig()
     bootstrap: Bootstrap = Bootstrap()
+    cams: int = 0
     split: str = "test"
 
 
@@ -60,8 +64,9 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
 
     ``inputs``: ``h5`` (preprocessing HDF5), ``split`` (ingest split CSV), ``checkpoints`` (one path or a
     list, one per variant; the variant is read from each checkpoint). ``outputs``: ``metrics``, ``roc``,
-    ``predictions``. A checkpoint trained on other metadata features or another image size than the
-    HDF5 holds is an ``InputError``: its inputs would be misread.
+    ``predictions`` and optionally ``cams`` (a folder). A checkpoint of another pipeline, or trained on other
+    metadata features, another image size or other preprocessing than the HDF5 holds is an ``InputError``:
+    its inputs would be misread.
     """
     h5_path, split_csv = inputs["h5"], inputs["split"]
     split, cfg, boot = params.split, params.evaluate, params.bootstrap
@@ -78,6 +83,7 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
     ckpts: dict[str, dict] = {}
     for path in _checkpoint_paths(inputs["checkpoints"]):
         ckpt = mtrain.load_checkpoint(path, map_location=device)
+        check_checkpoint(ckpt, path, pipeline=EXPERIMENT)
         meta = ckpt.get("meta", {})
         variant = meta.get("variant")
         if variant not in VARIANTS:
@@ -90,6 +96,7 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
                 f"trained on features {meta.get('meta_features')} at size {meta.get('size')}, but "
                 f"{h5_path} holds {info.meta_features} at size {info.size}",
             )
+        check_checkpoint(ckpt, path, pipeline=EXPERIMENT, preprocessing=info.preprocessing)
         ckpts[variant] = ckpt
 
     preds = pd.DataFrame({"patientId": patients})
@@ -119,6 +126,17 @@ def evaluate(inputs: Mapping[str, Any], outputs: Mapping[str, Any], params: Eval
             rep["balanced_accuracy"],
         )
     plot_roc(curves, outputs["roc"], title=f"RSNA pneumonia, {split} patients")
+    if outputs.get("cams"):
+        cam_variant = next(iter(models))  # the two-input model when it was evaluated
+        top = top_items(preds[f"prob_{cam_variant}"].to_numpy(), params.cams)
+        write_cams(
+            load_model(ckpts[cam_variant], device),
+            *read_rows(h5_path, idx[top]),
+            [patients[k] for k in top],
+            [f"target {preds['target'].iloc[k]}, P(opacity) {preds[f'prob_{cam_variant}'].iloc[k]:.2f}" for k in top],
+            outputs["cams"],
+            device,
+        )
     with io.atomic_path(outputs["predictions"]) as tmp:
         preds.to_csv(tmp, index=False)
 

@@ -68,16 +68,25 @@ DECISIONS = {
 }
 
 
-def read_record(path: str | os.PathLike, patient_id: str, max_age_years: float = 120.0) -> dict[str, Any]:
-    """One metadata row from one DICOM file (see the module doc for the columns)."""
+MAX_AGE_YEARS = 120.0  # the default of config rsna.metadata.max_age_years
+
+
+def read_dicom(path: str | os.PathLike):
+    """The whole DICOM file (header and pixel data) as a pydicom Dataset; InputError if it cannot be read."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path)
     except Exception as e:
         raise InputError(
             path, f"unreadable DICOM ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
+
+
+def record_of(ds, patient_id: str, max_age_years: float = MAX_AGE_YEARS) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One metadata row from an open DICOM dataset (see the module doc for the columns) and its decoded
+    pixels, float32 (rows, cols) after the modality LUT, or None when they cannot be used (the row says why).
+    The metadata stage keeps the row; prediction on new files uses both (``medflow.rsna.preprocess``)."""
     age, age_status = dcm.parse_age(ds.get("PatientAge"), max_age_years)
     spacing, spacing_status = dcm.pixel_spacing(ds)
     sex = dcm.text(ds, "PatientSex").upper()
@@ -110,11 +119,16 @@ def read_record(path: str | os.PathLike, patient_id: str, max_age_years: float =
         img = dcm.decode_pixels(ds)
     except dcm.UnsupportedPixels as e:
         rec.update(usable=False, exclusion=str(e))
-        return rec
+        return rec, None
     rec.update(
         intensity_min=float(img.min()), intensity_max=float(img.max()), intensity_mean=float(img.mean(dtype=np.float64))
     )
-    return rec
+    return rec, img
+
+
+def read_record(path: str | os.PathLike, patient_id: str, max_age_years: float = MAX_AGE_YEARS) -> dict[str, Any]:
+    """One metadata row from one DICOM file (see the module doc for the columns)."""
+    return record_of(read_dicom(path), patient_id, max_age_years)[0]
 
 
 def _record(args):
@@ -138,7 +152,11 @@ def decisions_of(rec: dict[str, Any]) -> list[str]:
 
 
 def build_table(
-    manifest: pd.DataFrame, *, max_age_years: float = 120.0, threads: int = 1, max_excluded_fraction: float = 0.05
+    manifest: pd.DataFrame,
+    *,
+    max_age_years: float = MAX_AGE_YEARS,
+    threads: int = 1,
+    max_excluded_fraction: float = 0.05,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read every header in ``manifest`` (``patientId, dicom, target, n_boxes, class``) and return
     (table, decisions summary). Files are read in a process pool when ``threads`` > 1, in order."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from medflow.errors import InputError
+from medflow.train.device import fp32_head
 
 BACKBONES = ("simple", "resnet18")
 # Greyscale ImageNet statistics (mean of the RGB channel statistics): the input normalisation.
@@ -86,7 +87,8 @@ class TwoInputNet(nn.Module):
         self.meta_branch = (
             nn.Sequential(nn.Linear(n_meta, cfg.meta_hidden), nn.ReLU(inplace=True)) if use_meta else None
         )
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(n_img + (cfg.meta_hidden if use_meta else 0), 1))
+        n_head = n_img + (cfg.meta_hidden if use_meta else 0)
+        self.head = fp32_head(nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(n_head, 1)))  # float32 logits
 
     def forward(self, image: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         z = self.image_branch(image)
@@ -95,6 +97,12 @@ class TwoInputNet(nn.Module):
                 raise ValueError("this model takes metadata features")
             z = torch.cat([z, self.meta_branch(meta)], dim=1)
         return self.head(z).squeeze(1)
+
+
+def cam_layer(model: TwoInputNet) -> str:
+    """Name (in ``model.named_modules()``) of the image branch's last convolution: where Grad-CAM looks."""
+    convs = [f"image_branch.{n}" for n, m in model.image_branch.named_modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1]
 
 
 def normalise(image_uint8: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,12 @@ HDF5 layout::
     target      uint8   (N,)
     meta        float32 (N, F)            features, names in attrs["meta_features"]
     spacing_mm  float32 (N,)              mm per output pixel (square after resampling)
-    attrs: size, window_mode, clahe settings, meta_features, age_bins, decisions (JSON counts)
+    attrs: size, window_mode, clahe settings, meta_features, age_bins, decisions (JSON counts),
+           preprocessing (JSON: ``preprocessing_record``, what the train stage records in its checkpoint)
+
+A new DICOM (prediction) goes through the same functions in one call, ``prepare_dicom``: the metadata
+stage's ``record_of``, then ``metadata_features`` and ``preprocess_dataset`` with the parameters a
+checkpoint recorded (``config_from_record``).
 """
 
 from __future__ import annotations
@@ -34,10 +39,17 @@ import pandas as pd
 from medflow import io
 from medflow.errors import InputError
 from medflow.rsna import dicom as dcm
+from medflow.rsna.metadata import MAX_AGE_YEARS, record_of
 
 log = logging.getLogger(__name__)
 
 WINDOW_MODES = ("header", "fixed", "percentile")
+# The metadata feature encoding: one-hot categories (anything else: all 0) and age bins with an unknown bin.
+SEX_CATEGORIES = ("M", "F")
+VIEW_CATEGORIES = ("AP", "PA")
+FEATURE_SCALING = "none: every feature one-hot in {0, 1}"
+# What resample_isotropic and pad_resize do (no parameters): recorded so a checkpoint names it.
+RESAMPLING = "isotropic at the finer PixelSpacing (square pixels without one), zero-pad to a square, bilinear resize"
 
 
 @dataclass
@@ -76,6 +88,72 @@ class PreprocessConfig:
             tiles=c["tiles"],
             age_bins=p["age_bins"],
         )
+
+
+def preprocessing_record(cfg: PreprocessConfig, max_age_years: float) -> dict[str, Any]:
+    """Every parameter that shapes the model's inputs, as plain data: the image steps (size, window, CLAHE,
+    resampling) and the metadata feature encoding (``max_age_years`` of the metadata stage: older ages
+    count as unknown; the age bins, the categories, the feature names and their scaling). Written into the
+    HDF5 and recorded by the train stage in the checkpoint's ``meta["preprocessing"]``."""
+    return {
+        "size": int(cfg.size),
+        "window": {
+            "mode": cfg.window_mode,
+            "level": float(cfg.level),
+            "width": float(cfg.width),
+            "percentiles": [float(p) for p in cfg.percentiles],
+        },
+        "clahe": {
+            "enabled": bool(cfg.clahe),
+            "clip_limit": float(cfg.clip_limit),
+            "tiles": [int(t) for t in cfg.tiles],
+        },
+        "resampling": RESAMPLING,
+        "metadata": {
+            "max_age_years": float(max_age_years),
+            "age_bins": [float(b) for b in cfg.age_bins],
+            "sex": list(SEX_CATEGORIES),
+            "view": list(VIEW_CATEGORIES),
+            "features": feature_names(cfg.age_bins),
+            "scaling": FEATURE_SCALING,
+        },
+    }
+
+
+def config_from_record(record: Mapping[str, Any] | None, source: str | os.PathLike) -> tuple[PreprocessConfig, float]:
+    """(PreprocessConfig, max_age_years) from a ``preprocessing_record`` (a checkpoint's), or InputError(source)
+    when it is missing, incomplete, or names an encoding or resampling that this code does not implement."""
+    if not isinstance(record, Mapping):
+        raise InputError(source, "records no preprocessing parameters (meta.preprocessing): retrain it")
+    try:
+        w, c, m = record["window"], record["clahe"], record["metadata"]
+        cfg = PreprocessConfig(
+            size=int(record["size"]),
+            window_mode=w["mode"],
+            level=float(w["level"]),
+            width=float(w["width"]),
+            percentiles=w["percentiles"],
+            clahe=bool(c["enabled"]),
+            clip_limit=float(c["clip_limit"]),
+            tiles=c["tiles"],
+            age_bins=m["age_bins"],
+        )
+        max_age = float(m["max_age_years"])
+        code = {
+            "resampling": (record["resampling"], RESAMPLING),
+            "metadata.sex": (list(m["sex"]), list(SEX_CATEGORIES)),
+            "metadata.view": (list(m["view"]), list(VIEW_CATEGORIES)),
+            "metadata.scaling": (m["scaling"], FEATURE_SCALING),
+            "metadata.features": (list(m["features"]), feature_names(cfg.age_bins)),
+        }
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(
+            source, f"incomplete or invalid preprocessing record ({type(e).__name__}: {e}): retrain it"
+        ) from None
+    differ = [f"{k}: checkpoint {a!r}, this code {b!r}" for k, (a, b) in code.items() if a != b]
+    if differ:
+        raise InputError(source, "preprocessing this code cannot reproduce: " + "; ".join(differ))
+    return cfg, max_age
 
 
 def window(img: np.ndarray, center: float, width: float) -> np.ndarray:
@@ -175,16 +253,53 @@ def preprocess_pixels(
     return out, {"window": source, "spacing_mm": (s / zoom) if s else float("nan")}
 
 
+def spacing_of(rec: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(row, col) PixelSpacing in mm of a metadata row, or None when it has none (square pixels assumed)."""
+    sp = (float(rec["pixel_spacing_row"]), float(rec["pixel_spacing_col"]))
+    return sp if all(np.isfinite(sp)) else None
+
+
+def preprocess_dataset(
+    ds, spacing: tuple[float, float] | None, cfg: PreprocessConfig, pixels: np.ndarray | None = None
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """One open DICOM -> uint8 (size, size) and what was done (``preprocess_pixels``), or (None,
+    {"exclusion": why}) when its pixels cannot be decoded. ``pixels``: the image already decoded from ``ds``
+    (``dicom.decode_pixels``), so a caller that has it does not decode twice."""
+    if pixels is None:
+        try:
+            pixels = dcm.decode_pixels(ds)
+        except dcm.UnsupportedPixels as e:
+            return None, {"exclusion": str(e)}
+    return preprocess_pixels(pixels, dcm.text(ds, "PhotometricInterpretation"), spacing, dcm.header_window(ds), cfg)
+
+
 def _one(args) -> tuple[np.ndarray | None, dict[str, Any]]:
     path, spacing, cfg = args
     import pydicom
 
-    ds = pydicom.dcmread(path)
-    try:
-        img = dcm.decode_pixels(ds)
-    except dcm.UnsupportedPixels as e:
-        return None, {"exclusion": str(e)}
-    return preprocess_pixels(img, dcm.text(ds, "PhotometricInterpretation"), spacing, dcm.header_window(ds), cfg)
+    return preprocess_dataset(pydicom.dcmread(path), spacing, cfg)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One DICOM as the model sees it: ``image`` uint8 (size, size) and ``features`` float32 (F,), or both
+    None and ``exclusion`` saying why its pixels cannot be used."""
+
+    image: np.ndarray | None
+    features: np.ndarray | None
+    exclusion: str = ""
+
+
+def prepare_dicom(ds, patient_id: str, cfg: PreprocessConfig, max_age_years: float) -> Prepared:
+    """One open DICOM through the metadata stage (``metadata.record_of``) and this stage
+    (``metadata_features``, ``preprocess_dataset``): the image and features that training and evaluation
+    read from the HDF5 for a file like it, made by the same functions with the same parameters."""
+    rec, pixels = record_of(ds, patient_id, max_age_years)
+    if pixels is None:
+        return Prepared(None, None, rec["exclusion"])
+    feats, _ = metadata_features(pd.DataFrame.from_records([rec]), cfg.age_bins)
+    image, _ = preprocess_dataset(ds, spacing_of(rec), cfg, pixels=pixels)
+    return Prepared(image, feats[0], "")
 
 
 def age_bin_names(edges: Sequence[float]) -> list[str]:
@@ -192,38 +307,50 @@ def age_bin_names(edges: Sequence[float]) -> list[str]:
     return [f"age_lt{e[0]}"] + [f"age_{a}_{b}" for a, b in zip(e[:-1], e[1:])] + [f"age_ge{e[-1]}", "age_unknown"]
 
 
+def _categories() -> list[tuple[str, str]]:
+    return [("sex", v) for v in SEX_CATEGORIES] + [("view_position", v) for v in VIEW_CATEGORIES]
+
+
+def feature_names(age_bins: Sequence[float]) -> list[str]:
+    """Names of the ``metadata_features`` columns, in order."""
+    return age_bin_names(age_bins) + [f"{'view' if col == 'view_position' else col}_{v}" for col, v in _categories()]
+
+
 def metadata_features(table: pd.DataFrame, age_bins: Sequence[float]) -> tuple[np.ndarray, list[str]]:
     """(N, F) float32 features from the metadata table: age bins one-hot (with an "unknown" bin for
     a missing/invalid age), sex one-hot (M, F; both 0 when unknown), view position one-hot (AP, PA;
     both 0 otherwise). All in {0, 1}, so no further scaling is needed."""
     edges = np.asarray(age_bins, dtype=float)
-    names = age_bin_names(age_bins) + ["sex_M", "sex_F", "view_AP", "view_PA"]
+    names = feature_names(age_bins)
     n_age = len(edges) + 2
     x = np.zeros((len(table), len(names)), np.float32)
     age = pd.to_numeric(table["age_years"], errors="coerce").to_numpy(dtype=float)
     known = np.isfinite(age)
     x[np.flatnonzero(known), np.searchsorted(edges, age[known], side="right")] = 1
     x[np.flatnonzero(~known), n_age - 1] = 1
-    for j, (col, val) in enumerate([("sex", "M"), ("sex", "F"), ("view_position", "AP"), ("view_position", "PA")]):
+    for j, (col, val) in enumerate(_categories()):
         x[:, n_age + j] = table[col].astype(str).to_numpy() == val
     return x, names
 
 
 def write_hdf5(
-    table: pd.DataFrame, manifest: pd.DataFrame, out: str | os.PathLike, cfg: PreprocessConfig, threads: int = 1
+    table: pd.DataFrame,
+    manifest: pd.DataFrame,
+    out: str | os.PathLike,
+    cfg: PreprocessConfig,
+    threads: int = 1,
+    *,
+    max_age_years: float = MAX_AGE_YEARS,
 ) -> dict[str, Any]:
     """Preprocess every usable patient of the metadata ``table`` (file paths from ``manifest``) into
     ``out`` (layout in the module doc); returns a summary. Written to a temporary file renamed into
-    place at the end."""
+    place at the end. ``max_age_years``: the metadata stage's (``table`` was built with it), recorded."""
     import h5py
 
     usable = table[table["usable"]].reset_index(drop=True)
     paths = dict(zip(manifest["patientId"], manifest["dicom"]))
     feats, names = metadata_features(usable, cfg.age_bins)
-    jobs = []
-    for r in usable.itertuples(index=False):
-        sp = (r.pixel_spacing_row, r.pixel_spacing_col)
-        jobs.append((paths[r.patientId], sp if all(np.isfinite(sp)) else None, cfg))
+    jobs = [(paths[r["patientId"]], spacing_of(r), cfg) for r in usable.to_dict("records")]
     n, size = len(jobs), cfg.size
     if n == 0:
         raise InputError(out, "no usable image to preprocess (see the metadata stage's decisions)")
@@ -239,7 +366,7 @@ def write_hdf5(
         )
         spacing = h5.create_dataset("spacing_mm", (0,), np.float32, maxshape=(None,), chunks=(1024,))
         k = 0
-        for i, (img, info) in enumerate(_imap(_one, jobs, threads)):
+        for i, (img, info) in enumerate(parallel_map(_one, jobs, threads)):
             pid = usable.at[i, "patientId"]
             if img is None:  # the metadata stage decoded it; a changed file or decoder can still fail
                 log.warning("%s: excluded at preprocessing: %s", pid, info["exclusion"])
@@ -267,6 +394,7 @@ def write_hdf5(
                 "meta_features": json.dumps(names),
                 "decisions": json.dumps(dict(counts)),
                 "config": json.dumps(asdict(cfg), default=list),
+                "preprocessing": json.dumps(preprocessing_record(cfg, max_age_years)),
             }
         )
     summary = {"n_images": k, "n_excluded_metadata": int((~table["usable"]).sum()), "decisions": dict(counts)}
@@ -274,7 +402,7 @@ def write_hdf5(
     return summary
 
 
-def _imap(fn, jobs, threads):
+def parallel_map(fn, jobs, threads):
     """Results in order, from a process pool when ``threads`` > 1; a generator, so at most a few
     chunks of images are in memory at once."""
     if threads > 1 and len(jobs) > 1:

@@ -114,8 +114,9 @@ def train(
     """Train ``params.variant`` on the train split, select on val AUC, write the best checkpoint.
 
     ``inputs``: ``h5`` (the preprocessing HDF5), ``split`` (the ingest split CSV); ``outputs``:
-    ``checkpoint`` and optionally ``curves`` (PNG). The checkpoint's ``meta`` records the variant, the
-    model config, the metadata feature names and the image size, which evaluation checks against its HDF5.
+    ``checkpoint`` and optionally ``curves`` (PNG). The checkpoint's ``meta`` records the pipeline ("rsna"), the
+    variant, the model config, the metadata feature names, the image size (which evaluation checks against its
+    HDF5) and the HDF5's ``preprocessing`` record (every image and feature parameter; prediction re-applies it).
     """
     h5_path, split_csv = inputs["h5"], inputs["split"]
     cfg, variant = params.train, params.variant
@@ -127,6 +128,10 @@ def train(
         if len(idx.get(name, [])) == 0:
             raise InputError(split_csv, f"no usable patient in the {name} split")
     info = read_info(h5_path)
+    if info.preprocessing is None:
+        raise InputError(
+            h5_path, "records no preprocessing parameters (written by an older medflow): rerun rsna_preprocess"
+        )
     features, size = info.meta_features, info.size
     n_pos = int(info.targets[idx["train"]].sum())
     mcfg = cfg.model_config()
@@ -164,7 +169,17 @@ def train(
         return val_metrics(out["target"], out["prob"])
 
     config_dict = dataclasses.asdict(cfg)
-    meta = {"variant": variant, "use_meta": use_meta, "model": mcfg.to_dict(), "meta_features": features, "size": size}
+    # pipeline and preprocessing: what the predict stage needs to refuse another pipeline's checkpoint and to
+    # prepare new DICOMs exactly as this model's training images were (medflow.rsna.predict).
+    meta = {
+        "pipeline": EXPERIMENT,
+        "variant": variant,
+        "use_meta": use_meta,
+        "model": mcfg.to_dict(),
+        "meta_features": features,
+        "size": size,
+        "preprocessing": info.preprocessing,
+    }
     tracking = mtrain.tracking(
         job,
         EXPERIMENT,

@@ -3,7 +3,7 @@
 For each test case: predict the whole stacked volume (``predict.predict_case``: sliding windows, each
 standardised per channel and per axial slice exactly as the training patches were, labels at the
 checkpoint's threshold), score Dice/HD95 of the BraTS regions and labels against the stacked label,
-and write the prediction (BraTS labels 0, 1, 2, 4) as NIfTI in the raw images' geometry. The
+and write the prediction (the release's labels, 2020: 0, 1, 2, 4) as NIfTI in the raw images' geometry. The
 ``headline`` block of metrics.json holds the mean Dice of WT, TC, ET and the mean WT HD95 (mm) over the
 test cases, with seeded percentile bootstrap intervals over cases. Two trivial predictors are scored on
 the same cases for reference:
@@ -31,13 +31,14 @@ import torch
 from medflow import io
 from medflow.errors import InputError
 from medflow.evaluation.headline import Bootstrap, mean_metric
+from medflow.ingest import releases
 from medflow.ingest.splits import ids_in, read_split
 from medflow.preprocess.stack import read_stack
-from medflow.segmentation import predict, regions
+from medflow.segmentation import predict
 from medflow.segmentation.data import by_case
 from medflow.segmentation.metrics import HD95_EMPTY, case_metrics, flat_row, summarise
 from medflow.segmentation.model import load_model
-from medflow.train import Job, load_checkpoint, select_device
+from medflow.train import Job, select_device
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,8 @@ def evaluate(
     missing = [c for c in cases if c not in stack_files]
     if missing:
         raise InputError(split_csv, f"{len(missing)} test case(s) have no stacked file, e.g. {missing[0]}")
-    ckpt = load_checkpoint(checkpoint)
-    meta = ckpt.get("meta", {})
-    lacking = [k for k in ("model", "patch_size", "threshold") if k not in meta]
-    if lacking:
-        raise InputError(
-            checkpoint, f"not a U-Net checkpoint of brats_segmentation_train (meta lacks {', '.join(lacking)})"
-        )
+    ckpt = predict.load_unet_checkpoint(checkpoint)
+    meta = ckpt["meta"]
     device = device or select_device(job.threads)
     model = load_model(ckpt, device)  # channels-last: the faster kernels, as in training
     window, threshold = meta["patch_size"], float(meta["threshold"])
@@ -136,7 +132,9 @@ def evaluate(
             per_case[case] = case_metrics(pred, stack.label, stack.spacing_zyx)
             for name, base in baseline_predictions(stack.image).items():
                 per_baseline[name][case] = case_metrics(base, stack.label, stack.spacing_zyx, with_hd95=False)
-            full = predict.uncrop(regions.to_brats(pred), stack.kept_z_range, stack.original_shape_zyx)
+            # The release's own labels (2020: 4 for ET, 2023-GLI: 3), as a submission of that release.
+            stored_full = predict.uncrop(pred, stack.kept_z_range, stack.original_shape_zyx)
+            full = releases.get(stack.release).from_stored(stored_full)
             predict.write_nifti(full, stack.affine, tmp_pred / f"{case}.nii.gz")
             if len(per_case) <= params.n_overlays:
                 plot_overlay(
@@ -233,12 +231,19 @@ def _log_mlflow(result: dict, outputs: Mapping[str, Any], job: Job) -> None:
 
 
 def plot_overlay(
-    flair: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str | os.PathLike, title: str = "", z_offset: int = 0
+    flair: np.ndarray,
+    truth: np.ndarray | None,
+    pred: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+    z_offset: int = 0,
 ) -> Path:
-    """PNG of the axial slice with the most tumour: FLAIR, ground truth and prediction side by side.
+    """PNG of the axial slice with the most tumour (or brain, if none): FLAIR, ground truth and prediction
+    side by side.
 
-    ``flair`` (Z, Y, X) intensities, ``truth`` / ``pred`` (Z, Y, X) stored labels; ``z_offset`` turns
-    the slice index into the raw volume's (the first kept slice).
+    ``flair`` (Z, Y, X) intensities, ``truth`` / ``pred`` (Z, Y, X) stored labels (``truth`` None: a new,
+    unlabeled case, FLAIR and prediction only); ``z_offset`` turns the slice index into the raw volume's
+    (the first kept slice).
     """
     import matplotlib
 
@@ -246,12 +251,15 @@ def plot_overlay(
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    area = (truth > 0).sum(axis=(1, 2)) + (pred > 0).sum(axis=(1, 2))
+    area = (pred > 0).sum(axis=(1, 2)) + (0 if truth is None else (truth > 0).sum(axis=(1, 2)))
+    if not area.any():  # no tumour anywhere: the slice with the most brain
+        area = (flair != 0).sum(axis=(1, 2))
     z = int(area.argmax())
     # Colours of the labels NCR/NET (1), ED (2), ET (4, stored 3); background transparent.
     cmap = ListedColormap([(0, 0, 0, 0), (0.9, 0.2, 0.2, 0.6), (0.2, 0.8, 0.2, 0.6), (1.0, 0.9, 0.1, 0.7)])
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
-    for ax, overlay, name in zip(axes, (None, truth, pred), ("FLAIR", "ground truth", "prediction")):
+    panels = [(None, "FLAIR"), *([] if truth is None else [(truth, "ground truth")]), (pred, "prediction")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(10 * len(panels) / 3, 3.8))
+    for ax, (overlay, name) in zip(axes, panels):
         ax.imshow(flair[z], cmap="gray", origin="lower")
         if overlay is not None:
             ax.imshow(overlay[z], cmap=cmap, vmin=0, vmax=3, interpolation="nearest", origin="lower")

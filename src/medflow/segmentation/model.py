@@ -24,6 +24,7 @@ from torch import nn
 from medflow.errors import InputError
 from medflow.segmentation.data import N_LABELS, N_MODALITIES
 from medflow.train import load_checkpoint
+from medflow.train.device import fp32_head
 
 UPSAMPLING = ("transpose", "upsample")
 
@@ -80,7 +81,8 @@ class UNet3D(nn.Module):
                 nn.Sequential(*_conv_block(c + skip, skip, batch_norm), *_conv_block(skip, skip, batch_norm))
             )
             c = skip
-        self.head = nn.Conv3d(c, n_labels, kernel_size=1)
+        # float32 logits under bf16 autocast: the 0.5 threshold of the sigmoid is not moved by bf16 rounding.
+        self.head = fp32_head(nn.Conv3d(c, n_labels, kernel_size=1))
 
     @property
     def divisor(self) -> int:

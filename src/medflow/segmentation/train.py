@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -47,6 +47,7 @@ class UNetParams:
     learning_rate: float = 1e-3
     dice_epsilon: float = 1e-5
     threshold: float = 0.5
+    loader_workers: int = 4  # DataLoader workers on CUDA (the CPU keeps threads // 4)
 
 
 def split_cases(split_csv: str | os.PathLike, patch_files: Mapping[str, str]) -> dict[str, list[str]]:
@@ -91,13 +92,17 @@ def train(
     job: Job,
     *,
     device: torch.device | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train on the ``train`` cases' patches, select on the ``val`` cases'; write the best checkpoint.
 
     ``inputs``: ``patches`` (every case's patch HDF5 ``<case>.h5``, a list, or a {case: path} mapping;
     cases of other splits are ignored) and ``split``; ``outputs``: ``checkpoint`` and optionally
     ``curves`` (PNG). The checkpoint's ``meta`` holds the model config, patch size and threshold that
-    evaluation needs. ``device`` defaults to ``select_device(job.threads)``.
+    evaluation needs, ``pipeline`` (brats_segmentation) and ``preprocessing``: the parameters the patches
+    were made with (``predict.preprocessing_record`` of the config), which prediction on new cases applies
+    (absent when not given: such a checkpoint evaluates, and prediction refuses it). ``device`` defaults to
+    ``select_device(job.threads)``.
     """
     patches = inputs["patches"]
     patch_files = dict(patches) if isinstance(patches, Mapping) else by_case(patches)
@@ -152,6 +157,8 @@ def train(
         "n_parameters": sum(p.numel() for p in model.parameters()),
     }
     meta = {
+        "pipeline": predict.PIPELINE,
+        **({"preprocessing": dict(preprocessing)} if preprocessing is not None else {}),
         "model": model.config,
         "patch_size": list(train_ds.patch_size),
         "threshold": params.threshold,
@@ -166,7 +173,8 @@ def train(
         val_loader,
         train_step=train_step,
         evaluate=evaluate,
-        cfg=fit_config(params, monitor="val_dice", mode="max", job=job),
+        # Fixed-size patches: cuDNN may pick the fastest convolution algorithms once (no effect on the CPU).
+        cfg=replace(fit_config(params, monitor="val_dice", mode="max", job=job), cudnn_benchmark=True),
         device=device,
         checkpoint_path=checkpoint,
         checkpoint_meta=meta,

@@ -23,7 +23,13 @@ Where a release has several cases per patient (``patient_pattern``: 2023-GLI tim
 Config (``synthetic.brats``): ``release`` (a name in ``releases.RELEASES``), ``n_cases``,
 ``hgg_fraction`` (of patients), ``shape_xyz`` (NIfTI order, real files are 240 x 240 x 155),
 ``blank_slices`` [min, max] per end, ``bias_strength`` (max |log field|), ``noise`` (sd relative to
-white matter).
+white matter), ``predict: {n_cases}`` (the unlabeled set below).
+
+The unlabeled set (``generate_predict``, rule ``synthetic_brats_predict``) is the release's validation
+download: case folders with the four modalities and no segmentation, e.g. 2020's
+``MICCAI_BraTS2020_ValidationData/BraTS20_Validation_NNN/BraTS20_Validation_NNN_{flair,t1,t1ce,t2}.nii``
+(``Release.validation_case``: releases whose validation ids look like training ones are numbered after
+the training cases, so no id names two different cases). Same image model, its own random draws.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ DEFAULTS = {
     "blank_slices": [2, 5],
     "bias_strength": 0.3,
     "noise": 0.03,
+    "predict": {"n_cases": 4},
 }
 
 
@@ -294,3 +301,51 @@ def generate(cfg: dict, out_dir: str | os.PathLike, seed: int) -> list[str]:
         with io.atomic_path(out / release.grade_file) as tmp:
             pd.DataFrame(rows, columns=[*MAPPING_COLUMNS, release.grade_id_column]).to_csv(tmp, index=False)
     return list(case_grades)
+
+
+def _predict_cases(cfg: dict) -> list[tuple[int, str]]:
+    """(number, case id) of the unlabeled cases: validation case k (from 1) is number k of a release with
+    its own validation ids, number n_cases + k of one whose validation ids look like training ones."""
+    cfg = _cfg(cfg)
+    release = release_of(cfg)
+    n = int({**DEFAULTS["predict"], **(cfg.get("predict") or {})}["n_cases"])
+    offset = 0 if release.validation_format else int(cfg["n_cases"])
+    return [(offset + k, release.validation_case(offset + k)) for k in range(1, n + 1)]
+
+
+def predict_case_ids(cfg: dict) -> list[str]:
+    """Case ids of the synthetic unlabeled set (``cfg`` = ``config["synthetic"]["brats"]``). No file access."""
+    return [case for _, case in _predict_cases(cfg)]
+
+
+def predict_expected_outputs(cfg: dict, out_dir: str | os.PathLike) -> list[str]:
+    """Every file ``generate_predict(cfg, out_dir, seed)`` writes: each case's four modalities."""
+    release = release_of(cfg)
+    return [
+        os.path.join(str(out_dir), case, release.file_name(case, mod))
+        for case in predict_case_ids(cfg)
+        for mod in MODALITIES
+    ]
+
+
+def generate_predict(cfg: dict, out_dir: str | os.PathLike, seed: int) -> list[str]:
+    """Write the unlabeled set under ``out_dir`` (the release's ``validation_subdir`` folder): exactly the
+    files of ``predict_expected_outputs``, the four modalities of each case, no segmentation, no grade
+    file. Cases alternate HGG / LGG tumours; case number ``i``'s content depends only on (seed, i), the
+    grade and the image parameters, and differs from the training case of the same number. Returns the ids."""
+    cfg = _cfg(cfg)
+    release = release_of(cfg)
+    out = Path(out_dir)
+    shape_xyz = [int(s) for s in cfg["shape_xyz"]]
+    affine = brats_affine(shape_xyz)
+    cases = _predict_cases(cfg)
+    for k, (i, case) in enumerate(cases):
+        grade = ("HGG", "LGG")[k % 2]
+        rng = np.random.default_rng([seed, i, 2])  # the extra word: other draws than training case i's
+        images, _ = make_case(
+            rng, grade, shape_xyz, cfg["blank_slices"], cfg["bias_strength"], cfg["noise"], release=release
+        )
+        for mod, data in images.items():
+            write_nifti(data, affine, out / case / release.file_name(case, mod))
+        log.info("%s: unlabeled (%s-like tumour)", case, grade)
+    return [case for _, case in cases]

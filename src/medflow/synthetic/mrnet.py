@@ -17,6 +17,10 @@ and every ACL or meniscus positive is abnormal. Exam ids run on from train to va
 set (0000-1129 train, 1130-1249 valid). Deterministic from ``seed``: each exam draws from its own
 generator, so an exam does not change when others are added.
 
+``generate_new`` writes the unlabeled set the demo predicts on (``predict: {n_exams}``): new exams in the
+download's layout without labels, ``<folder>/{axial,coronal,sagittal}/NNNN.npy``, their ids running on after
+the valid exams' (as the challenge's hidden test exams do), their findings drawn with the same prevalence.
+
 Coordinates are normalised to [-1, 1]: x medial-lateral, y posterior(-)-anterior(+), z inferior(-)-
 superior(+). Axial slices stack along z, coronal along y, sagittal along x.
 """
@@ -47,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "prevalence": {"abnormal": 0.8, "acl": 0.2, "meniscus": 0.35},
     "other_findings": 0.5,  # P(bone bruise or effusion as well) for ACL/meniscus positives
     "noise": 6.0,  # grey levels of the Rician noise
+    "predict": {"n_exams": 12},  # the unlabeled new exams (generate_new)
 }
 
 
@@ -57,6 +62,9 @@ def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"unknown synthetic.mrnet keys: {sorted(unknown)}")
     out = {**DEFAULTS, **cfg}
     out["prevalence"] = {**DEFAULTS["prevalence"], **dict(cfg.get("prevalence", {}))}
+    out["predict"] = {**DEFAULTS["predict"], **dict(cfg.get("predict", {}))}
+    if set(out["predict"]) != set(DEFAULTS["predict"]) or int(out["predict"]["n_exams"]) < 1:
+        raise ValueError(f"synthetic.mrnet.predict must be {{n_exams: >= 1}}, got {cfg.get('predict')}")
     if out["slices"][0] < 1 or out["slices"][0] > out["slices"][1]:
         raise ValueError(f"synthetic.mrnet.slices must be [min, max] with 1 <= min <= max, got {out['slices']}")
     return out
@@ -76,26 +84,42 @@ def draw_labels(cfg: Mapping[str, Any] | None, seed: int) -> dict[str, dict[str,
     """split -> task -> exam id -> 0/1, with the configured prevalence met exactly per split (at least
     one positive and one negative each), ACL and meniscus positives drawn among the abnormal exams."""
     c = settings(cfg)
-    prev = c["prevalence"]
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for code, (split, ids) in enumerate(exam_ids(c).items()):
-        n = len(ids)
-        rng = np.random.default_rng([seed, 1, code])
+    return {
+        split: _draw(ids, c["prevalence"], np.random.default_rng([seed, 1, code]))
+        for code, (split, ids) in enumerate(exam_ids(c).items())
+    }
 
-        def count(p: float, n: int = n) -> int:
-            return int(min(max(round(p * n), 1), max(n - 1, 1)))
 
-        order = rng.permutation(n)
-        abnormal = set(order[: count(prev["abnormal"])].tolist())
-        ab_list = sorted(abnormal)
-        acl = set(rng.choice(ab_list, size=min(count(prev["acl"]), len(ab_list)), replace=False).tolist())
-        men = set(rng.choice(ab_list, size=min(count(prev["meniscus"]), len(ab_list)), replace=False).tolist())
-        out[split] = {
-            "abnormal": {e: int(i in abnormal) for i, e in enumerate(ids)},
-            "acl": {e: int(i in acl) for i, e in enumerate(ids)},
-            "meniscus": {e: int(i in men) for i, e in enumerate(ids)},
-        }
-    return out
+def _draw(ids: list[str], prev: Mapping[str, float], rng: np.random.Generator) -> dict[str, dict[str, int]]:
+    """task -> exam id -> 0/1 for one set of exams, the prevalence met exactly (both classes where n > 1)."""
+    n = len(ids)
+
+    def count(p: float) -> int:
+        return int(min(max(round(p * n), 1), max(n - 1, 1)))
+
+    order = rng.permutation(n)
+    abnormal = set(order[: count(prev["abnormal"])].tolist())
+    ab_list = sorted(abnormal)
+    acl = set(rng.choice(ab_list, size=min(count(prev["acl"]), len(ab_list)), replace=False).tolist())
+    men = set(rng.choice(ab_list, size=min(count(prev["meniscus"]), len(ab_list)), replace=False).tolist())
+    return {
+        "abnormal": {e: int(i in abnormal) for i, e in enumerate(ids)},
+        "acl": {e: int(i in acl) for i, e in enumerate(ids)},
+        "meniscus": {e: int(i in men) for i, e in enumerate(ids)},
+    }
+
+
+def new_exam_ids(cfg: Mapping[str, Any] | None) -> list[str]:
+    """Four-digit ids of the new (unlabeled) exams: after the train and valid exams'."""
+    c = settings(cfg)
+    start = int(c["n_train"]) + int(c["n_valid"])
+    return [f"{i:04d}" for i in range(start, start + int(c["predict"]["n_exams"]))]
+
+
+def new_exam_labels(cfg: Mapping[str, Any] | None, seed: int) -> dict[str, dict[str, int]]:
+    """task -> new exam id -> 0/1: the findings drawn into the new exams, which no file records."""
+    c = settings(cfg)
+    return _draw(new_exam_ids(c), c["prevalence"], np.random.default_rng([seed, 1, len(SPLITS)]))
 
 
 # --- the phantom -------------------------------------------------------------------------------
@@ -332,3 +356,20 @@ def generate(cfg: Mapping[str, Any] | None, root: str | os.PathLike, seed: int) 
             with io.atomic_path(root / f"{split}-{task}.csv") as tmp:
                 tmp.write_text(rows)
     return {s: len(ids) for s, ids in exam_ids(c).items()}
+
+
+def generate_new(cfg: Mapping[str, Any] | None, folder: str | os.PathLike, seed: int) -> int:
+    """Write the new, unlabeled exams (``new_exam_ids``) as ``<folder>/{axial,coronal,sagittal}/NNNN.npy``, the
+    layout ``medflow.ingest.mrnet.discover_new`` reads; returns how many. Earlier exams there are removed."""
+    c = settings(cfg)
+    folder = Path(folder)
+    labels = new_exam_labels(c, seed)
+    for plane in PLANES:
+        shutil.rmtree(folder / plane, ignore_errors=True)
+        (folder / plane).mkdir(parents=True)
+    ids = new_exam_ids(c)
+    for e in ids:
+        for plane, arr in make_exam(c, seed, e, {t: labels[t][e] for t in TASKS}).items():
+            with io.atomic_path(folder / plane / f"{e}.npy") as tmp:
+                np.save(tmp, arr)
+    return len(ids)

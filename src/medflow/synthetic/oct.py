@@ -15,10 +15,15 @@ below) with speckle, tilt and curvature, plus the finding of its class:
 
 Everything is deterministic from the seed; images of one patient share their size (and, within a
 class, their geometry).
+
+``generate_predict`` writes the demo's unlabeled scans to predict on (``synthetic.oct.predict``): loose scans
+of every class named ``scan_NNN`` (no class in the name) in a small folder tree, JPEG and PNG, greyscale and
+RGB, plus one truncated JPEG and one text file that the prediction must exclude with their reasons.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
@@ -38,14 +43,18 @@ DEFAULTS = {
     "aspect": [1.0, 1.5],  # width / height, drawn per patient (real: 512 x 496 mostly, some up to 3:1)
     "jpeg_quality": 90,
     "multi_class": 0.25,  # share of each split's patients with images in a second class (as real ones can)
+    "predict": {"n_images": 24},  # readable unlabeled scans of generate_predict (its two bad files come on top)
 }
+# Folders of the unlabeled tree, cycled through: the top level, one and two levels down.
+PREDICT_FOLDERS = ("", "clinic_a", "clinic_b/visit_1", "clinic_b/visit_2")
+BAD_FILES = ("clinic_b/visit_2/scan_truncated.jpeg", "clinic_b/notes.txt")
 
 
 def settings(cfg: Mapping | None) -> dict:
     """``synthetic.oct`` config merged over the defaults."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULTS.items()}
     for k, v in (cfg or {}).items():
-        if k == "patients":
+        if k in ("patients", "predict"):
             out[k].update(v)
         else:
             out[k] = v
@@ -193,6 +202,53 @@ def generate(root: str | os.PathLike, cfg: Mapping | None, seed: int) -> dict[st
                 counts[split] += _write(tmp / split / other, other, pid, ogeo, orng, n_other, s)
                 n_img -= n_other
             counts[split] += _write(tmp / split / cls, cls, pid, geo, prng, n_img, s)
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, root)
+    return counts
+
+
+def generate_predict(root: str | os.PathLike, cfg: Mapping | None, seed: int) -> dict[str, int]:
+    """Write the unlabeled scans at ``root`` (replaced if present, renamed into place); return counts.
+
+    ``cfg``: the ``synthetic.oct`` block (its ``predict.n_images`` and the image size/quality settings).
+    Scan ``i`` (``scan_001`` ..) shows class ``i mod 4`` from a patient of its own (a seed stream apart from
+    the training tree's), lies in ``PREDICT_FOLDERS[(i // 4) mod 4]``, is a PNG every third scan (else a JPEG) and
+    RGB every second one (grey channels with a faint tint, as colour exports of OCT viewers). ``BAD_FILES``:
+    a JPEG cut to its first 300 bytes and a text file. Counts: ``jpeg``, ``png``, ``rgb``, ``bad``.
+    """
+    s = settings(cfg)
+    n = int(s["predict"]["n_images"])
+    root = Path(root)
+    tmp = root.with_name(f".{root.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = {"jpeg": 0, "png": 0, "rgb": 0, "bad": len(BAD_FILES)}
+    for i in range(n):
+        cls = CLASSES[i % len(CLASSES)]
+        rng = np.random.default_rng([seed, 0x0C7, 2, i])
+        grey = render(_patient_geometry(rng, cls, s["height"], s["aspect"]), cls, rng)
+        png, rgb = i % 3 == 2, i % 2 == 1
+        if rgb:
+            tint = np.array([1.0, 0.96, 0.9])
+            image = Image.fromarray(np.clip(grey[..., None] * tint, 0, 255).astype(np.uint8), mode="RGB")
+        else:
+            image = Image.fromarray(grey, mode="L")
+        folder = tmp / PREDICT_FOLDERS[(i // len(CLASSES)) % len(PREDICT_FOLDERS)]  # each folder: every class
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"scan_{i + 1:03d}.{'png' if png else 'jpeg'}"
+        image.save(folder / name, **({} if png else {"quality": int(s["jpeg_quality"])}))
+        counts["png" if png else "jpeg"] += 1
+        counts["rgb"] += int(rgb)
+    truncated, text = (tmp / f for f in BAD_FILES)
+    for path in (truncated, text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    rng = np.random.default_rng([seed, 0x0C7, 3])
+    Image.fromarray(render(_patient_geometry(rng, "CNV", s["height"], s["aspect"]), "CNV", rng), mode="L").save(
+        buf, format="JPEG", quality=int(s["jpeg_quality"])
+    )
+    truncated.write_bytes(buf.getvalue()[:300])  # a copy cut short: the header reads, the pixels do not
+    text.write_text("Scans of visit 1 and 2; exported from the OCT viewer.\n")
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)

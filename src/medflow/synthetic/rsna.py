@@ -13,6 +13,13 @@ PatientName and PatientID hold the anonymous patientId and PatientBirthDate is e
 
 Deterministic from ``seed``: every patient draws from its own generator, so the files do not depend
 on how many patients come before them.
+
+The unlabeled set to predict on (``write_predict_set``, config ``synthetic.rsna.predict``) is laid out as the
+challenge's test images, ``stage_2_test_images/<patientId>.dcm``: ``n_images`` radiographs of new patients
+drawn like the training ones, which, unlike the anonymised challenge files, carry identifying values a
+hospital's new files would (``IDENTIFYING_TAGS``: a made-up name, birth date, hospital id and institution),
+plus three files that cannot be predicted (``BAD_FILES``): one that is no DICOM, one whose pixel data is
+cut short, and one CT image.
 """
 
 from __future__ import annotations
@@ -49,13 +56,38 @@ DEFAULTS: dict[str, Any] = {
     "missing_spacing_fraction": 0.02,
 }
 FOV_MM = 400.0  # physical field of view of a chest radiograph
+PREDICT_DEFAULTS: dict[str, Any] = {"n_images": 40}
+TEST_IMAGES = "stage_2_test_images"
+# Tags that identify a patient, filled in the unlabeled set (the privacy test searches every output for them).
+IDENTIFYING_TAGS = ("PatientName", "PatientBirthDate", "OtherPatientIDs", "InstitutionName")
+BAD_FILES = ("unreadable", "undecodable", "not a radiograph")  # one file each, after the n_images radiographs
+_PREDICT_STREAM = 101  # the unlabeled set's generators: apart from the training set's
+_SURNAMES = ("Quillfeather", "Vantorbeck", "Oxlaide", "Pemberquist", "Drummelow", "Faircastle", "Yellowhorne")
+_GIVEN = ("Odalys", "Bartholin", "Ysolde", "Caspian", "Mireval", "Thessaly", "Lorcan")
+INSTITUTION = "St Ysolde Synthetic Infirmary"
 
 
 def settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    unknown = set(cfg or {}) - set(DEFAULTS)
+    """The training download's settings (config ``synthetic.rsna`` without its ``predict`` block)."""
+    cfg = {k: v for k, v in dict(cfg or {}).items() if k != "predict"}
+    unknown = set(cfg) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown synthetic.rsna keys: {sorted(unknown)}")
-    return {**DEFAULTS, **dict(cfg or {})}
+    return {**DEFAULTS, **cfg}
+
+
+def predict_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The unlabeled set's settings (config ``synthetic.rsna.predict``)."""
+    block = dict(dict(cfg or {}).get("predict") or {})
+    unknown = set(block) - set(PREDICT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown synthetic.rsna.predict keys: {sorted(unknown)}")
+    return {**PREDICT_DEFAULTS, **block}
+
+
+def _rng(seed: int, stream: int, *parts: int) -> np.random.Generator:
+    """The generator of one draw; stream 0 (the training set) keeps the seeds it has always had."""
+    return np.random.default_rng([seed, *parts] if stream == 0 else [seed, stream, *parts])
 
 
 @dataclass
@@ -69,22 +101,22 @@ class Patient:
     finding: str  # "opacity", "heart", "effusion", "nodule", "line" or "none"
 
 
-def patient_ids(n: int, seed: int) -> list[str]:
-    """UUID4-style patientIds as in the real set, deterministic from ``seed``."""
-    rng = np.random.default_rng([seed, 7])
+def patient_ids(n: int, seed: int, stream: int = 0) -> list[str]:
+    """UUID4-style patientIds as in the real set, deterministic from ``seed`` (and ``stream``)."""
+    rng = _rng(seed, stream, 7)
     return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
 
 
-def draw_patients(cfg: Mapping[str, Any], seed: int) -> list[Patient]:
+def draw_patients(cfg: Mapping[str, Any], seed: int, stream: int = 0) -> list[Patient]:
     c = settings(cfg)
     n = int(c["n_patients"])
-    master = np.random.default_rng([seed, 11])
+    master = _rng(seed, stream, 11)
     n_pos = int(round(n * c["positive_fraction"]))
     target = np.zeros(n, dtype=int)
     target[master.permutation(n)[:n_pos]] = 1
     out = []
-    for i, (pid, t) in enumerate(zip(patient_ids(n, seed), target)):
-        rng = np.random.default_rng([seed, 13, i])
+    for i, (pid, t) in enumerate(zip(patient_ids(n, seed, stream), target)):
+        rng = _rng(seed, stream, 13, i)
         if t:
             cls, finding = OPACITY, "opacity"
         elif rng.random() < c["normal_fraction"]:
@@ -214,10 +246,10 @@ def write_dicom(path: str | os.PathLike, pixels: np.ndarray, tags: Mapping[str, 
     ds.save_as(path, enforce_file_format=True)
 
 
-def patient_image(p: Patient, index: int, cfg: Mapping[str, Any], seed: int):
-    """(pixels, DICOM tags, boxes) of one patient; deterministic from (seed, index)."""
+def patient_image(p: Patient, index: int, cfg: Mapping[str, Any], seed: int, stream: int = 0):
+    """(pixels, DICOM tags, boxes) of one patient; deterministic from (seed, stream, index)."""
     c = settings(cfg)
-    rng = np.random.default_rng([seed, 17, index])
+    rng = _rng(seed, stream, 17, index)
     # A handful of detector settings, as in the real set (a few distinct PixelSpacing values).
     s0 = FOV_MM / c["size"] * float(rng.choice([0.9, 0.95, 1.0, 1.05, 1.1]))
     sr = sc = round(s0, 3)
@@ -295,3 +327,64 @@ def write_dataset(root: str | os.PathLike, cfg: Mapping[str, Any] | None, seed: 
         "positive": int(sum(p.target for p in patients)),
         "boxes": int(labels["Target"].sum()),
     }
+
+
+def identifying_values(index: int, seed: int) -> dict[str, str]:
+    """The made-up identifying tags of unlabeled image ``index``: ``IDENTIFYING_TAGS`` -> value."""
+    rng = _rng(seed, _PREDICT_STREAM, 19, index)
+    year, month, day = int(rng.integers(1930, 2000)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    return {
+        "PatientName": f"{_SURNAMES[index % len(_SURNAMES)]}^{_GIVEN[(index // len(_SURNAMES)) % len(_GIVEN)]}",
+        "PatientBirthDate": f"{year:04d}{month:02d}{day:02d}",
+        "OtherPatientIDs": f"MRN-{int(rng.integers(10**6, 10**7))}-YSOLDE",
+        "InstitutionName": INSTITUTION,
+    }
+
+
+def _cut_pixels(path: Path) -> None:
+    """Keep the header, cut the pixel data to a quarter: a file whose image cannot be decoded."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    data = bytes(ds.PixelData)
+    ds.PixelData = data[: (len(data) // 4) & ~1]
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _make_ct(path: Path) -> None:
+    """Turn a radiograph into a CT slice (Modality and SOP class): a file that is not a radiograph."""
+    import pydicom
+    from pydicom.uid import CTImageStorage
+
+    ds = pydicom.dcmread(path)
+    ds.Modality = "CT"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_predict_set(out_dir: str | os.PathLike, cfg: Mapping[str, Any] | None, seed: int) -> dict[str, int]:
+    """Write the unlabeled set (module doc) into the folder ``out_dir`` (``.../stage_2_test_images``), through
+    a temporary folder renamed into place; returns counts for the log. ``cfg``: config ``synthetic.rsna``
+    (its image settings and its ``predict`` block)."""
+    c, n = settings(cfg), int(predict_settings(cfg)["n_images"])
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    patients = draw_patients({**c, "n_patients": n + len(BAD_FILES)}, seed, stream=_PREDICT_STREAM)
+    for i, p in enumerate(patients):
+        path = tmp / f"{p.patient_id}.dcm"
+        bad = BAD_FILES[i - n] if i >= n else None
+        if bad == "unreadable":  # the name of a DICOM, the bytes of something else
+            path.write_bytes(b"\x89PNG\r\n\x1a\n" + np.random.default_rng([seed, 23]).bytes(512))
+            continue
+        pixels, tags, _ = patient_image(p, i, c, seed, stream=_PREDICT_STREAM)
+        write_dicom(path, pixels, {**tags, **identifying_values(i, seed)}, (seed, _PREDICT_STREAM, i))
+        if bad == "undecodable":
+            _cut_pixels(path)
+        elif bad == "not a radiograph":
+            _make_ct(path)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return {"images": n, "bad_files": len(BAD_FILES), "positive": int(sum(p.target for p in patients[:n]))}
