@@ -159,6 +159,11 @@ rule brats_segmentation_volumes:
         f"{LOGS}/brats_segmentation_volumes.log",
     conda:
         "../envs/medflow.yaml"
+    # It imports the segmentation library (overlays), which picks a torch device: a job that may touch
+    # one claims it, as every such rule does (tests/workflow/test_gpu_scheduling.py).
+    threads: config["compute"]["train_threads"]
+    resources:
+        gpu=gpu_resource(),
     params:
         n_overlays=BRATS_SEGMENTATION_CFG["evaluate"]["n_overlays"],
     script:
