@@ -29,7 +29,7 @@ demo: env
 
 # Lint first: a test run on unformatted or unlinted code fails, as CI (.ci/run = make test) does.
 test: env lint
-	pytest -q tests
+	pytest -q --durations=12 tests
 
 # By hand, never in CI (see docs/testing.md): mutation scores of the modules users' numbers come from,
 # and the known bugs planted one at a time. mutmut must import its mutated copy, not src/: no PYTHONPATH.
