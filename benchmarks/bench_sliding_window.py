@@ -7,6 +7,8 @@ every timing below, all measured in this one process with ``--threads`` torch th
 
 - MONAI 1.6.1 ``sliding_window_inference`` (``mode="gaussian"``, its default ``sigma_scale`` 0.125, as
   medflow's sigma of 1/8 window), ``sw_batch_size`` = ``--batch`` (the baseline of the ratios);
+- MONAI on medflow's batch-norm-folded copy of the model (``fold_batch_norm``, which medflow's
+  ``sliding_window`` runs by default), to show how much of the ratio is the folding;
 - medflow without skipping (every window run), then with background windows skipped, at ``--batch``
   and at each ``--more-batches`` size;
 - medflow as evaluation runs it (``predict_case``: every window standardised as a training patch).
@@ -57,7 +59,7 @@ from medflow.segmentation import regions
 from medflow.segmentation.loss import soft_dice_loss
 from medflow.segmentation.model import load_model, make_model
 from medflow.segmentation.predict import PredictParams, predict_case
-from medflow.segmentation.sliding_window import sliding_window, window_starts
+from medflow.segmentation.sliding_window import fold_batch_norm, sliding_window, window_starts
 from medflow.segmentation.train import UNetParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,13 +229,15 @@ def main() -> None:
             f"MONAI {monai_version}, torch {torch.__version__}"
         )
 
-        def monai_run(batch, volume=x):
+        folded = fold_batch_norm(model)
+
+        def monai_run(batch, volume=x, net=model):
             with torch.inference_mode():
                 out = sliding_window_inference(
                     torch.from_numpy(volume)[None],
                     window,
                     batch,
-                    model,
+                    net,
                     overlap=args.overlap,
                     mode="gaussian",
                 )
@@ -254,6 +258,7 @@ def main() -> None:
         params = PredictParams(overlap=args.overlap, standardise="window", batch_size=args.batch)
         runs = {  # name -> what it runs; the first is the baseline
             f"MONAI sliding_window_inference, batch {args.batch} (baseline)": lambda: monai_run(args.batch),
+            f"MONAI on medflow's batch-norm-folded copy, batch {args.batch}": lambda: monai_run(args.batch, net=folded),
             f"medflow sliding_window, no skipping, batch {args.batch}": lambda: ours(args.batch, False),
             **{
                 f"medflow sliding_window, skipping, batch {b}": lambda b=b: ours(b, True)
@@ -284,8 +289,8 @@ def main() -> None:
                 else f"{dice_on_brain(outputs[name], ref, brain):.5f}"
             )
             print(f"{name:60s} {wall:7.1f} {cpu:7.1f} {base / wall:8.2f} {agree:>14s}")
-        off, on = outputs[names[1]], outputs[names[2]]
-        p_off, p_on = outputs[names[1] + " probs"], outputs[names[2] + " probs"]
+        off, on = outputs[names[2]], outputs[names[3]]
+        p_off, p_on = outputs[names[2] + " probs"], outputs[names[3] + " probs"]
         print(
             f"skipping vs not (batch {args.batch}): {skipped} of {np.prod(grid)} windows skipped; labels inside the "
             f"brain identical: {bool(np.array_equal(on[brain], off[brain]))}, probabilities there max |diff| "

@@ -180,7 +180,9 @@ def test_skipping_background_windows_keeps_the_brain_and_labels_the_rest_backgro
     brain's probabilities and labels are the full pass's, every other voxel is background."""
     image, brain = brain_case()
     window = (8, 16, 16)
+    # fold_bn off: a folded copy would record the spies' inputs in the copy, not in the models given.
     kw = {"overlap": 0.5, "batch_size": batch_size, "device": CPU, "bf16": False, "transform": standardise}
+    kw["fold_bn"] = False
     full_model, skip_model = Counting(unet()), Counting(unet())
     full = sliding_window.sliding_window(full_model, image, window, skip_background=False, **kw)
     skipped = sliding_window.sliding_window(skip_model, image, window, **kw)
@@ -261,3 +263,34 @@ def test_monai_sliding_window_inference_agrees_without_skipping():
     assert np.abs(own - ours).max() < 1e-2
     labels_ours, labels_own = (regions.probabilities_to_labels(p, 0.5) for p in (ours, own))
     assert (labels_ours == labels_own).mean() > 0.999
+
+
+def test_batch_norm_folded_into_the_convolutions_gives_the_same_probabilities():
+    """Inference runs a copy with each batch norm folded into its convolution: no batch norm left, the
+    same probabilities (float rounding) and labels over a whole volume, the caller's model untouched."""
+    model = unet().train()
+    with torch.no_grad():  # running statistics far from the initial (0, 1)
+        for _ in range(5):
+            model(torch.randn(2, 4, 8, 16, 16) * 3 + 2)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = sliding_window.fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    conv = folded.encoders[0][0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d), "the fast memory format is kept"
+
+    image, _ = brain_case()
+    kw = {"overlap": 0.5, "batch_size": 4, "device": CPU, "bf16": False, "skip_background": False}
+    plain = sliding_window.sliding_window(model, image, (8, 16, 16), fold_bn=False, **kw)
+    fast = sliding_window.sliding_window(model, image, (8, 16, 16), **kw)
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5)
+    assert np.abs(fast - plain).max() > 0, "the folded copy ran (rounding differs)"
+    assert np.array_equal(regions.probabilities_to_labels(fast, 0.5), regions.probabilities_to_labels(plain, 0.5))
+
+
+def test_a_model_without_batch_norm_is_run_as_it_is():
+    torch.manual_seed(0)
+    model = make_model(UNetParams(depth=2, base_filters=4, batch_norm=False)).eval()
+    assert sliding_window.fold_batch_norm(model) is model

